@@ -1,1 +1,11 @@
-//! Shared harness for the integration tests.
+//! Shared harness for the integration tests: a throwaway PostgreSQL 15 cluster ([`pg`]) and
+//! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]).
+//!
+//! Owns: processes and temp directories of tests. Must never: be used outside tests, or
+//! leave a process or directory behind (everything is released on drop).
+
+pub mod pg;
+pub mod pg_tools;
+
+pub use pg::{PgCluster, PgOptions, free_port};
+pub use pg_tools::{Waldump, WaldumpRecord, pg_bin, pg_waldump, run, server_command};

@@ -8,7 +8,9 @@
 pub mod fs;
 pub mod id;
 pub mod lsn;
+pub mod term_history;
 pub mod xlog;
 
 pub use id::{IdParseError, NodeId, TenantId, TenantTimelineId, Term, TimelineId};
 pub use lsn::{Lsn, LsnParseError, SegNo};
+pub use term_history::{TermHistory, TermLsn};

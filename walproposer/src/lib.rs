@@ -1,1 +1,10 @@
-//! The proposer.
+//! The proposer side of the safekeeper protocol: elects a term on a quorum of
+//! safekeepers and streams WAL into it.
+//!
+//! [`proposer`] is the sans-IO state machine; [`window`] the WAL it holds in memory.
+//! The binary drives it against real safekeepers (`sync`, `generate`, `bridge`).
+
+pub mod client;
+pub mod driver;
+pub mod proposer;
+pub mod window;

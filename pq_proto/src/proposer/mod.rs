@@ -11,8 +11,19 @@ use utils::{Lsn, NodeId, TenantId, Term, TimelineId};
 
 use crate::ProtocolError;
 
+mod frame;
+mod shared;
 pub mod v2;
 pub mod v3;
+
+pub use frame::{
+    parse_acceptor_frame, parse_proposer_frame, write_acceptor_frame, write_proposer_frame,
+};
+pub use shared::{APPEND_TAG, ELECTED_TAG, GREETING_TAG, VOTE_TAG};
+
+/// Most WAL bytes one AppendRequest may carry. The codec does not enforce it (a frame's
+/// own length limit does); the server refuses larger requests.
+pub const MAX_APPEND_SIZE: usize = crate::replication::MAX_SEND_SIZE;
 
 /// Which codec a `START_WAL_PUSH` connection uses; fixed for the connection's life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,18 +85,7 @@ impl Configuration {
     }
 }
 
-/// One switch point of a term history: from `lsn` on, the WAL was written in `term`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TermLsn {
-    /// The term.
-    pub term: Term,
-    /// Where that term's WAL starts.
-    pub lsn: Lsn,
-}
-
-/// The list of term switch points, ascending in both term and LSN.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct TermHistory(pub Vec<TermLsn>);
+pub use utils::term_history::{TermHistory, TermLsn};
 
 /// Hot-standby feedback aggregated over a timeline's replicas and relayed to the compute.
 /// Transaction ids are FullTransactionIds (`epoch << 32 | xid`); all zeros = none.
@@ -289,3 +289,6 @@ impl AcceptorMessage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

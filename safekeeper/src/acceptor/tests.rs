@@ -1,0 +1,447 @@
+//! One event in, the exact effects and reply out: no disk, no runtime.
+
+use bytes::{Bytes, BytesMut};
+use pq_proto::proposer::{
+    AcceptorGreeting, AcceptorMessage, AppendRequest, AppendRequestHeader, AppendResponse,
+    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage,
+    SafekeeperId, VoteRequest, VoteResponse,
+};
+use utils::xlog::{WalGenerator, first_segment_image};
+use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
+
+use super::*;
+
+const SEG: u32 = 16 * 1024 * 1024;
+/// The first record of segment 1: right after its long page header.
+const START: Lsn = Lsn(0x0100_0028);
+
+fn ttid() -> TenantTimelineId {
+    TenantTimelineId::new(TenantId([1; 16]), TimelineId([2; 16]))
+}
+
+fn server() -> ServerInfo {
+    ServerInfo {
+        pg_version: 150004,
+        system_id: 42,
+        wal_seg_size: SEG,
+    }
+}
+
+fn fresh() -> Acceptor {
+    Acceptor::new(NodeId(1), TimelineState::new(ttid(), server()), Lsn::INVALID)
+}
+
+fn hist(entries: &[(u64, Lsn)]) -> TermHistory {
+    TermHistory(
+        entries
+            .iter()
+            .map(|&(t, lsn)| TermLsn { term: Term(t), lsn })
+            .collect(),
+    )
+}
+
+/// `n` valid records of `size` bytes each starting at `start`; returns the bytes and the
+/// end of every record.
+fn wal(start: Lsn, n: usize, size: usize) -> (Bytes, Vec<Lsn>) {
+    let mut g = WalGenerator::new(start, 42, SEG, 15).unwrap();
+    let mut out = BytesMut::new();
+    let ends = (0..n)
+        .map(|_| {
+            g.append_logical_message("t", &vec![7u8; size], &mut out)
+                .unwrap()
+                .end_lsn
+        })
+        .collect();
+    (out.freeze(), ends)
+}
+
+fn vote(a: &mut Acceptor, term: u64) -> Output {
+    a.process(ProposerMessage::VoteRequest(VoteRequest {
+        generation: Generation(0),
+        term: Term(term),
+    }))
+    .unwrap()
+}
+
+fn elect(a: &mut Acceptor, term: u64, h: TermHistory, start: Lsn) -> Result<Output, AcceptorError> {
+    a.process(ProposerMessage::Elected(ProposerElected {
+        generation: Generation(0),
+        term: Term(term),
+        start_streaming_at: start,
+        term_history: h,
+    }))
+}
+
+fn append(a: &mut Acceptor, term: u64, begin: Lsn, data: Bytes, commit: Lsn) -> Result<Output, AcceptorError> {
+    a.process(ProposerMessage::AppendRequest(AppendRequest {
+        h: AppendRequestHeader {
+            generation: Generation(0),
+            term: Term(term),
+            begin_lsn: begin,
+            end_lsn: Lsn(begin.0 + data.len() as u64),
+            commit_lsn: commit,
+            truncate_lsn: Lsn::INVALID,
+        },
+        wal_data: data,
+    }))
+}
+
+fn persisted(a: &Acceptor) -> Effect {
+    Effect::PersistControl(Box::new(a.state().clone()))
+}
+
+/// A fresh acceptor elected in term 1 at START.
+fn elected() -> Acceptor {
+    let mut a = fresh();
+    vote(&mut a, 1);
+    elect(&mut a, 1, hist(&[(1, START)]), START).unwrap();
+    a
+}
+
+#[test]
+fn first_vote_is_persisted_before_it_is_granted() {
+    let mut a = fresh();
+    let out = vote(&mut a, 1);
+    let mut expected_state = TimelineState::new(ttid(), server());
+    expected_state.term = Term(1);
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![Effect::PersistControl(Box::new(expected_state))],
+            reply: Reply::Now(AcceptorMessage::VoteResponse(VoteResponse {
+                generation: Generation(0),
+                term: Term(1),
+                vote_given: true,
+                flush_lsn: Lsn::INVALID,
+                truncate_lsn: Lsn::INVALID,
+                term_history: TermHistory::empty(),
+            })),
+        }
+    );
+}
+
+#[test]
+fn votes_for_equal_or_lower_terms_are_refused_with_the_real_term() {
+    let mut a = fresh();
+    vote(&mut a, 5);
+    for t in [5, 3] {
+        let out = vote(&mut a, t);
+        assert_eq!(out.effects, vec![], "a refusal changes nothing");
+        let Reply::Now(AcceptorMessage::VoteResponse(v)) = out.reply else {
+            panic!("{out:?}")
+        };
+        assert!(!v.vote_given);
+        assert_eq!(v.term, Term(5));
+    }
+}
+
+#[test]
+fn election_on_a_fresh_timeline_writes_the_segment_image() {
+    let mut a = fresh();
+    vote(&mut a, 1);
+    let out = elect(&mut a, 1, hist(&[(1, START)]), START).unwrap();
+    let image = first_segment_image(START, SEG, 42, 15).unwrap();
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![
+                Effect::InitWal {
+                    start: START,
+                    image: Bytes::from(image)
+                },
+                persisted(&a),
+            ],
+            reply: Reply::None,
+        }
+    );
+    let s = a.state();
+    assert_eq!(s.term_history, hist(&[(1, START)]));
+    assert_eq!(
+        (s.timeline_start_lsn, s.local_start_lsn, s.commit_lsn, s.peer_horizon_lsn),
+        (START, START, START, START)
+    );
+    assert_eq!(a.flush_lsn(), START);
+    assert_eq!(a.term_start_lsn(), Some(START));
+}
+
+#[test]
+fn appends_are_written_at_once_and_answered_after_one_flush() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 3, 100);
+    let (first, rest) = (data.slice(..200), data.slice(200..));
+    let out = append(&mut a, 1, START, first.clone(), Lsn::INVALID).unwrap();
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![Effect::WriteWal {
+                lsn: START,
+                data: first
+            }],
+            reply: Reply::AfterFlush
+        }
+    );
+    let mid = Lsn(START.0 + 200);
+    let out = append(&mut a, 1, mid, rest.clone(), ends[0]).unwrap();
+    assert_eq!(out.effects, vec![Effect::WriteWal { lsn: mid, data: rest }]);
+    assert_eq!(a.flush_lsn(), START, "nothing is reported flushed before the flush");
+    let out = a.flush();
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![Effect::FlushWal],
+            reply: Reply::Now(AcceptorMessage::AppendResponse(AppendResponse {
+                generation: Generation(0),
+                term: Term(1),
+                flush_lsn: ends[2],
+                commit_lsn: ends[0],
+                ..Default::default()
+            })),
+        }
+    );
+    // Nothing new written: a heartbeat is answered without a second fdatasync.
+    append(&mut a, 1, ends[2], Bytes::new(), ends[2]).unwrap();
+    let out = a.flush();
+    assert_eq!(out.effects, vec![]);
+}
+
+#[test]
+fn flush_lsn_stops_at_the_last_complete_record() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 2, 300);
+    // All of record 1 and half of record 2.
+    let cut = ((ends[0].0 - START.0) + 50) as usize;
+    append(&mut a, 1, START, data.slice(..cut), Lsn::INVALID).unwrap();
+    a.flush();
+    assert_eq!(a.flush_lsn(), ends[0]);
+    assert_eq!(a.write_lsn(), Lsn(START.0 + cut as u64));
+}
+
+#[test]
+fn commit_crossing_the_term_start_is_persisted_before_it_is_reported() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 2, 100);
+    append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    a.flush();
+    // Term 2 starts at the end of term 1's WAL; its commit_lsn crosses that start.
+    let t2 = ends[1];
+    vote(&mut a, 2);
+    elect(&mut a, 2, hist(&[(1, START), (2, t2)]), t2).unwrap();
+    let (data2, ends2) = wal(t2, 1, 100);
+    append(&mut a, 2, t2, data2, ends2[0]).unwrap();
+    let out = a.flush();
+    assert_eq!(out.effects[0], Effect::FlushWal);
+    assert_eq!(out.effects[1], persisted(&a));
+    assert_eq!(a.state().commit_lsn, ends2[0]);
+    let Reply::Now(AcceptorMessage::AppendResponse(r)) = out.reply else {
+        panic!()
+    };
+    assert_eq!(r.commit_lsn, ends2[0]);
+    // Further commit moves within the term are persisted lazily.
+    let (data3, ends3) = wal(ends2[0], 1, 100);
+    append(&mut a, 2, ends2[0], data3, ends3[0]).unwrap();
+    assert_eq!(a.flush().effects, vec![Effect::FlushWal]);
+}
+
+#[test]
+fn election_truncates_a_divergent_tail() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 3, 100);
+    append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    a.flush();
+    // Meanwhile another acceptor took term 2 at the end of record 1; the proposer of
+    // term 3 carries that history: everything here after record 1 is divergent.
+    vote(&mut a, 3);
+    let h = hist(&[(1, START), (2, ends[0]), (3, ends[0])]);
+    let out = elect(&mut a, 3, h.clone(), ends[0]).unwrap();
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![Effect::TruncateWal { end: ends[0] }, persisted(&a)],
+            reply: Reply::None,
+        }
+    );
+    assert_eq!(a.state().term_history, h);
+    assert_eq!((a.flush_lsn(), a.write_lsn()), (ends[0], ends[0]));
+    // A start point that disagrees with the histories is refused.
+    let mut b = elected();
+    let (data, ends) = wal(START, 3, 100);
+    append(&mut b, 1, START, data, Lsn::INVALID).unwrap();
+    b.flush();
+    vote(&mut b, 3);
+    let err = elect(&mut b, 3, hist(&[(1, START), (2, ends[0])]), ends[1]).unwrap_err();
+    assert!(matches!(err, AcceptorError::StartMismatch { .. }), "{err}");
+}
+
+#[test]
+fn stale_term_append_gets_a_term_only_response() {
+    let mut a = elected();
+    vote(&mut a, 3);
+    let (data, _) = wal(START, 1, 10);
+    let out = append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    assert_eq!(
+        out,
+        Output {
+            effects: vec![],
+            reply: Reply::Now(AcceptorMessage::AppendResponse(AppendResponse {
+                generation: Generation(0),
+                term: Term(3),
+                ..Default::default()
+            })),
+        }
+    );
+}
+
+#[test]
+fn append_before_election_is_an_error() {
+    let mut a = elected();
+    vote(&mut a, 3);
+    let (data, _) = wal(START, 1, 10);
+    for term in [3, 4] {
+        let err = append(&mut a, term, START, data.clone(), Lsn::INVALID).unwrap_err();
+        assert!(matches!(err, AcceptorError::AppendBeforeElected { .. }), "{err}");
+    }
+}
+
+#[test]
+fn gaps_and_rewrites_are_errors() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 2, 100);
+    append(&mut a, 1, START, data.slice(..64), Lsn::INVALID).unwrap();
+    let err = append(&mut a, 1, Lsn(START.0 + 72), data.slice(72..80), Lsn::INVALID).unwrap_err();
+    assert_eq!(
+        err,
+        AcceptorError::Gap {
+            begin: Lsn(START.0 + 72),
+            write_lsn: Lsn(START.0 + 64)
+        }
+    );
+    let err = append(&mut a, 1, START, data.slice(..80), Lsn::INVALID).unwrap_err();
+    assert!(matches!(err, AcceptorError::Rewrite { .. }), "{err}");
+    // The stream goes on from where it really is.
+    append(&mut a, 1, Lsn(START.0 + 64), data.slice(64..), Lsn::INVALID).unwrap();
+    a.flush();
+    assert_eq!(a.flush_lsn(), ends[1]);
+}
+
+#[test]
+fn invalid_wal_poisons_the_tail_until_the_next_election() {
+    let mut a = elected();
+    let (mut data, _) = {
+        let (d, e) = wal(START, 1, 100);
+        (d.to_vec(), e)
+    };
+    data[30] ^= 0xff; // inside the record body: CRC mismatch
+    let err = append(&mut a, 1, START, Bytes::from(data), Lsn::INVALID).unwrap_err();
+    assert!(matches!(err, AcceptorError::InvalidWal(_)), "{err}");
+    let (good, _) = wal(START, 1, 100);
+    let err = append(&mut a, 1, START, good, Lsn::INVALID).unwrap_err();
+    assert_eq!(err, AcceptorError::WalPoisoned);
+}
+
+#[test]
+fn xlog_switch_counts_only_once_its_padding_is_written() {
+    let mut a = elected();
+    let mut g = WalGenerator::new(START, 42, SEG, 15).unwrap();
+    let mut out = BytesMut::new();
+    let r1 = g.append_logical_message("t", b"x", &mut out).unwrap();
+    let sw = g.append_switch(&mut out).unwrap().unwrap();
+    assert_eq!(sw.end_lsn, Lsn(2 * u64::from(SEG)));
+    let data = out.freeze();
+    let chunk = pq_proto::replication::MAX_SEND_SIZE;
+    let last = (data.len() - 1) / chunk * chunk;
+    for off in (0..last).step_by(chunk) {
+        let lsn = Lsn(START.0 + off as u64);
+        append(&mut a, 1, lsn, data.slice(off..off + chunk), Lsn::INVALID).unwrap();
+        a.flush();
+        assert_eq!(a.flush_lsn(), r1.end_lsn, "the switch is not complete before {lsn}");
+    }
+    append(&mut a, 1, Lsn(START.0 + last as u64), data.slice(last..), Lsn::INVALID).unwrap();
+    a.flush();
+    assert_eq!(a.flush_lsn(), sw.end_lsn);
+}
+
+#[test]
+fn generations_are_checked_and_adopted() {
+    let mut a = fresh();
+    // v2 (and v3 without configurations) use generation 0: accepted.
+    vote(&mut a, 1);
+    let err = a
+        .process(ProposerMessage::VoteRequest(VoteRequest {
+            generation: Generation(1),
+            term: Term(2),
+        }))
+        .unwrap_err();
+    assert!(matches!(err, AcceptorError::GenerationMismatch { .. }), "{err}");
+    let me = SafekeeperId {
+        id: NodeId(1),
+        host: "sk1".into(),
+        pg_port: 5454,
+    };
+    let greeting = |generation: u32, members: Vec<SafekeeperId>| {
+        ProposerMessage::Greeting(ProposerGreeting {
+            tenant_id: ttid().tenant_id,
+            timeline_id: ttid().timeline_id,
+            mconf: Configuration {
+                generation: Generation(generation),
+                members,
+                new_members: None,
+            },
+            pg_version: 150004,
+            system_id: 42,
+            wal_seg_size: SEG,
+        })
+    };
+    let out = a.process(greeting(2, vec![me.clone()])).unwrap();
+    assert_eq!(out.effects, vec![persisted(&a)]);
+    assert_eq!(
+        out.reply,
+        Reply::Now(AcceptorMessage::Greeting(AcceptorGreeting {
+            node_id: NodeId(1),
+            mconf: a.state().mconf.clone(),
+            term: Term(1),
+        }))
+    );
+    assert_eq!(a.state().mconf.generation, Generation(2));
+    // Now generation 2 is required, and an older greeting does not switch back.
+    assert!(a
+        .process(ProposerMessage::VoteRequest(VoteRequest {
+            generation: Generation(2),
+            term: Term(2),
+        }))
+        .is_ok());
+    assert!(a.process(greeting(0, vec![])).unwrap().effects.is_empty());
+    assert_eq!(a.state().mconf.generation, Generation(2));
+    let other = SafekeeperId {
+        id: NodeId(9),
+        ..me
+    };
+    let err = a.process(greeting(3, vec![other])).unwrap_err();
+    assert_eq!(err, AcceptorError::NotAMember(Generation(3)));
+}
+
+#[test]
+fn greeting_checks_the_cluster() {
+    let mut a = fresh();
+    let mut g = ProposerGreeting {
+        tenant_id: ttid().tenant_id,
+        timeline_id: ttid().timeline_id,
+        mconf: Configuration::empty(),
+        pg_version: 160002,
+        system_id: 42,
+        wal_seg_size: SEG,
+    };
+    let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
+    assert!(matches!(err, AcceptorError::PgVersionMismatch { .. }), "{err}");
+    g.pg_version = 150007; // a minor upgrade is fine
+    g.system_id = 43;
+    let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
+    assert!(matches!(err, AcceptorError::SystemIdMismatch { .. }), "{err}");
+    g.system_id = 0; // unknown (sync mode) is fine
+    g.wal_seg_size = SEG * 2;
+    let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
+    assert!(matches!(err, AcceptorError::SegSizeMismatch { .. }), "{err}");
+    g.wal_seg_size = SEG;
+    g.timeline_id = TimelineId([9; 16]);
+    let err = a.process(ProposerMessage::Greeting(g)).unwrap_err();
+    assert!(matches!(err, AcceptorError::TimelineMismatch { .. }), "{err}");
+}

@@ -1,0 +1,134 @@
+//! Every error a client can see, and the one place that maps it to a SQLSTATE.
+
+use pq_proto::ProtocolError;
+use pq_proto::backend::{ErrorFields, SqlState};
+use pq_proto::framed::ConnectionError;
+use utils::TenantTimelineId;
+
+use crate::acceptor::AcceptorError;
+use crate::command::CommandError;
+use crate::timeline::TimelineError;
+use crate::timelines::RegistryError;
+
+/// An error answered with an ErrorResponse.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The query is not a command we know, or its arguments are wrong.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The connection named no timeline and the server cannot pick one.
+    #[error("no timeline selected: {0}")]
+    NoTimeline(String),
+    /// The startup `options` are malformed.
+    #[error("invalid startup options: {0}")]
+    BadOptions(String),
+    /// The timeline does not exist or cannot be served.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The proposer's message was refused.
+    #[error(transparent)]
+    Timeline(#[from] TimelineError),
+    /// The bytes on the wire are not the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The client sent something valid at the wrong time.
+    #[error("protocol violation: {0}")]
+    Unexpected(String),
+    /// A feature we do not have.
+    #[error("{0}")]
+    NotSupported(String),
+    /// A setting `SHOW` does not know.
+    #[error("unrecognized configuration parameter \"{0}\"")]
+    UnknownSetting(String),
+    /// A requested WAL position is not available.
+    #[error("{0}")]
+    WalUnavailable(String),
+    /// A term-mode stream lost its term.
+    #[error("term changed: requested {requested}, now {now}")]
+    TermChanged {
+        /// The term of the stream.
+        requested: u64,
+        /// The acceptor's term now.
+        now: u64,
+    },
+    /// Reading WAL from disk failed.
+    #[error("could not read WAL of timeline {ttid}: {source}")]
+    ReadWal {
+        /// The timeline.
+        ttid: TenantTimelineId,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The server is shutting down.
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    /// Too many connections.
+    #[error("sorry, too many clients already")]
+    TooManyConnections,
+}
+
+impl From<ConnectionError> for ClientError {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Protocol(p) => ClientError::Protocol(p),
+            ConnectionError::Io(io) => ClientError::Unexpected(format!("connection error: {io}")),
+        }
+    }
+}
+
+impl ClientError {
+    /// The SQLSTATE this error is reported with.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            ClientError::Command(CommandError::Unsupported(_)) => SqlState::FEATURE_NOT_SUPPORTED,
+            ClientError::Command(CommandError::Syntax { .. }) => SqlState::SYNTAX_ERROR,
+            ClientError::NoTimeline(_) => SqlState::UNDEFINED_OBJECT,
+            ClientError::BadOptions(_) => SqlState::INVALID_PARAMETER_VALUE,
+            ClientError::Registry(RegistryError::NotFound(_)) => SqlState::UNDEFINED_OBJECT,
+            ClientError::Registry(RegistryError::Unavailable { .. }) => SqlState::DATA_CORRUPTED,
+            ClientError::Registry(RegistryError::Io { .. }) => SqlState::IO_ERROR,
+            ClientError::Timeline(TimelineError::Storage { .. }) => SqlState::IO_ERROR,
+            ClientError::Timeline(TimelineError::Broken(_)) => SqlState::CANNOT_CONNECT_NOW,
+            ClientError::Timeline(TimelineError::Acceptor(a)) => acceptor_sqlstate(a),
+            ClientError::Protocol(_) | ClientError::Unexpected(_) => SqlState::PROTOCOL_VIOLATION,
+            ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            ClientError::UnknownSetting(_) => SqlState::UNDEFINED_OBJECT,
+            ClientError::WalUnavailable(_) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            ClientError::TermChanged { .. } => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            ClientError::ReadWal { .. } => SqlState::IO_ERROR,
+            ClientError::Shutdown => SqlState::ADMIN_SHUTDOWN,
+            ClientError::TooManyConnections => SqlState::TOO_MANY_CONNECTIONS,
+        }
+    }
+
+    /// The ErrorResponse fields.
+    pub fn to_fields(&self) -> ErrorFields {
+        let fields = ErrorFields::error(self.sqlstate(), self.to_string());
+        match self {
+            ClientError::NoTimeline(_) => fields.with_hint(
+                "name one in the connection options: options='-c tenant_id=<32 hex> timeline_id=<32 hex>'",
+            ),
+            ClientError::Command(CommandError::Unsupported(_)) => fields.with_hint(
+                "supported: START_WAL_PUSH, START_REPLICATION, IDENTIFY_SYSTEM, TIMELINE_STATUS, \
+                 READER_STATUS, SHOW, TIMELINE_HISTORY, READ_REPLICATION_SLOT, \
+                 CREATE_REPLICATION_SLOT, DROP_REPLICATION_SLOT",
+            ),
+            _ => fields,
+        }
+    }
+}
+
+fn acceptor_sqlstate(e: &AcceptorError) -> SqlState {
+    match e {
+        AcceptorError::InvalidWal(_) | AcceptorError::WalPoisoned => SqlState::DATA_CORRUPTED,
+        AcceptorError::UnsupportedPgVersion(_) | AcceptorError::InvalidSegSize(_) => {
+            SqlState::FEATURE_NOT_SUPPORTED
+        }
+        AcceptorError::TimelineMismatch { .. }
+        | AcceptorError::PgVersionMismatch { .. }
+        | AcceptorError::SegSizeMismatch { .. }
+        | AcceptorError::SystemIdMismatch { .. }
+        | AcceptorError::NotAMember(_) => SqlState::INVALID_PARAMETER_VALUE,
+        _ => SqlState::PROTOCOL_VIOLATION,
+    }
+}
