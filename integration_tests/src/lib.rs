@@ -6,6 +6,9 @@
 
 pub mod pg;
 pub mod pg_tools;
+pub mod real_wal;
+pub mod sk;
+pub mod test_proposer;
 
 pub use pg::{PgCluster, PgOptions, free_port};
 pub use pg_tools::{Waldump, WaldumpRecord, pg_bin, pg_waldump, run, server_command};

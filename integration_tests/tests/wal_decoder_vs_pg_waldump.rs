@@ -183,7 +183,10 @@ fn decoder_agrees_with_pg_waldump_on_real_wal() -> anyhow::Result<()> {
         .iter()
         .find(|r| straddles(r) && r.xl_rmid == RM_LOGICALMSG_ID)
         .context("the logical message does not span a segment boundary")?;
-    ensure!(straddler.start_lsn.segment_offset(SEG) > 8192, "{straddler:?} starts too early");
+    ensure!(
+        straddler.start_lsn.segment_offset(SEG) > 8192,
+        "{straddler:?} starts too early"
+    );
     let others = records.iter().filter(|r| straddles(r)).count() - 1;
     eprintln!("message spanning a segment boundary: {straddler:?} (and {others} other records)");
     let switches: Vec<usize> = (0..records.len())

@@ -197,7 +197,8 @@ impl Parser {
 
     fn lsn(&mut self) -> Result<Lsn, CommandError> {
         let w = self.name("an LSN like 0/16B3748")?;
-        w.parse().map_err(|e: utils::LsnParseError| self.err(e.to_string()))
+        w.parse()
+            .map_err(|e: utils::LsnParseError| self.err(e.to_string()))
     }
 
     fn peek_lsn(&mut self) -> bool {
@@ -319,7 +320,9 @@ pub fn parse(query: &str) -> Result<Command, CommandError> {
                     }
                     "allow_timeline_creation" => {
                         allow_timeline_creation = parse_bool(&v).ok_or_else(|| {
-                            p.err(format!("allow_timeline_creation must be true or false, got '{v}'"))
+                            p.err(format!(
+                                "allow_timeline_creation must be true or false, got '{v}'"
+                            ))
                         })?;
                     }
                     other => tracing::warn!("START_WAL_PUSH: ignoring unknown option {other}"),
@@ -442,7 +445,10 @@ mod tests {
         let r = sr("START_REPLICATION SLOT \"s1\" PHYSICAL 0/5000000 TIMELINE 1");
         assert_eq!(r.slot.as_deref(), Some("s1"));
         let r = sr("start_replication physical 0/10 0/20 (term='7');");
-        assert_eq!((r.start, r.stop, r.term), (Lsn(0x10), Some(Lsn(0x20)), Some(Term(7))));
+        assert_eq!(
+            (r.start, r.stop, r.term),
+            (Lsn(0x10), Some(Lsn(0x20)), Some(Term(7)))
+        );
         let r = sr("START_REPLICATION PHYSICAL 1/0 (term = '3')");
         assert_eq!(r.term, Some(Term(3)));
         assert!(parse("START_REPLICATION").is_err());
@@ -453,12 +459,18 @@ mod tests {
     #[test]
     fn walsender_commands() {
         assert_eq!(parse("IDENTIFY_SYSTEM").unwrap(), Command::IdentifySystem);
-        assert_eq!(parse(" identify_system ; ").unwrap(), Command::IdentifySystem);
+        assert_eq!(
+            parse(" identify_system ; ").unwrap(),
+            Command::IdentifySystem
+        );
         assert_eq!(
             parse("SHOW wal_segment_size").unwrap(),
             Command::Show("wal_segment_size".into())
         );
-        assert_eq!(parse("TIMELINE_HISTORY 2").unwrap(), Command::TimelineHistory(2));
+        assert_eq!(
+            parse("TIMELINE_HISTORY 2").unwrap(),
+            Command::TimelineHistory(2)
+        );
         assert_eq!(
             parse("READ_REPLICATION_SLOT \"slot\"").unwrap(),
             Command::ReadReplicationSlot("slot".into())
@@ -475,15 +487,28 @@ mod tests {
             parse("DROP_REPLICATION_SLOT s WAIT").unwrap(),
             Command::DropReplicationSlot("s".into())
         );
-        assert_eq!(parse("set datestyle to 'ISO'").unwrap(), Command::SetDatestyle);
+        assert_eq!(
+            parse("set datestyle to 'ISO'").unwrap(),
+            Command::SetDatestyle
+        );
         assert_eq!(parse("").unwrap(), Command::Empty);
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for q in ["SELECT 1", "IDENTIFY_SYSTEM extra", "TIMELINE_HISTORY x", "'", "(", "SHOW"] {
+        for q in [
+            "SELECT 1",
+            "IDENTIFY_SYSTEM extra",
+            "TIMELINE_HISTORY x",
+            "'",
+            "(",
+            "SHOW",
+        ] {
             assert!(parse(q).is_err(), "{q}");
         }
-        assert!(matches!(parse("SELECT 1"), Err(CommandError::Unsupported(_))));
+        assert!(matches!(
+            parse("SELECT 1"),
+            Err(CommandError::Unsupported(_))
+        ));
     }
 }

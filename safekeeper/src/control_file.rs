@@ -14,8 +14,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use pq_proto::proposer::{Configuration, Generation, SafekeeperId};
 use bincode::Options;
+use pq_proto::proposer::{Configuration, Generation, SafekeeperId};
 use serde::{Deserialize, Serialize};
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
 
@@ -108,7 +108,12 @@ impl From<&TimelineState> for ControlFileV1 {
             members: members_to_v1(&s.mconf.members),
             new_members: s.mconf.new_members.as_deref().map(members_to_v1),
             term: s.term.0,
-            term_history: s.term_history.0.iter().map(|e| (e.term.0, e.lsn.0)).collect(),
+            term_history: s
+                .term_history
+                .0
+                .iter()
+                .map(|e| (e.term.0, e.lsn.0))
+                .collect(),
             pg_version: s.server.pg_version,
             system_id: s.server.system_id,
             wal_seg_size: s.server.wal_seg_size,

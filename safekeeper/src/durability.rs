@@ -67,9 +67,6 @@ pub fn sync_failed(what: &str, path: &Path, err: &io::Error) -> ! {
         error = %err,
         "{what} failed: data may be lost; exiting (a restart re-reads only what is durable)"
     );
-    eprintln!(
-        "FATAL: {what} of {} failed: {err}; exiting",
-        path.display()
-    );
+    eprintln!("FATAL: {what} of {} failed: {err}; exiting", path.display());
     std::process::exit(EXIT_SYNC_FAILED)
 }

@@ -100,10 +100,12 @@ pub fn aggregate(items: impl Iterator<Item = HotStandbyFeedback>) -> HotStandbyF
         (0, x) | (x, 0) => x,
         (a, b) => a.min(b),
     };
-    items.fold(HotStandbyFeedback::default(), |acc, hs| HotStandbyFeedback {
-        ts: acc.ts.max(hs.ts),
-        xmin: min_nonzero(acc.xmin, hs.xmin),
-        catalog_xmin: min_nonzero(acc.catalog_xmin, hs.catalog_xmin),
+    items.fold(HotStandbyFeedback::default(), |acc, hs| {
+        HotStandbyFeedback {
+            ts: acc.ts.max(hs.ts),
+            xmin: min_nonzero(acc.xmin, hs.xmin),
+            catalog_xmin: min_nonzero(acc.catalog_xmin, hs.catalog_xmin),
+        }
     })
 }
 

@@ -265,14 +265,16 @@ pub fn parse_options(options: &str) -> Result<Option<TenantTimelineId>, ClientEr
         };
         match k.replace('-', "_").as_str() {
             "tenant_id" | "ztenantid" => {
-                tenant = Some(v.parse().map_err(|e: utils::IdParseError| {
-                    ClientError::BadOptions(e.to_string())
-                })?)
+                tenant = Some(
+                    v.parse()
+                        .map_err(|e: utils::IdParseError| ClientError::BadOptions(e.to_string()))?,
+                )
             }
             "timeline_id" | "ztimelineid" => {
-                timeline = Some(v.parse().map_err(|e: utils::IdParseError| {
-                    ClientError::BadOptions(e.to_string())
-                })?)
+                timeline = Some(
+                    v.parse()
+                        .map_err(|e: utils::IdParseError| ClientError::BadOptions(e.to_string()))?,
+                )
             }
             _ => {}
         }

@@ -22,7 +22,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>) -> std::io::Resul
     let app = axum::Router::new()
         .route("/v1/status", get(status))
         .route("/v1/tenant/timeline", get(list))
-        .route("/v1/tenant/{tenant_id}/timeline/{timeline_id}", get(timeline))
+        .route(
+            "/v1/tenant/{tenant_id}/timeline/{timeline_id}",
+            get(timeline),
+        )
         .with_state(ctx);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

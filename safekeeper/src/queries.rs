@@ -162,7 +162,12 @@ pub fn answer(
                 "snapshot_name",
                 "output_plugin",
             ]));
-            out.push(row(&[Some(name), Some(Lsn::INVALID.to_string()), None, None]));
+            out.push(row(&[
+                Some(name),
+                Some(Lsn::INVALID.to_string()),
+                None,
+                None,
+            ]));
             out.push(complete("CREATE_REPLICATION_SLOT"));
         }
         Command::DropReplicationSlot(_) => out.push(complete("DROP_REPLICATION_SLOT")),
@@ -180,7 +185,11 @@ pub fn answer(
 fn show(ctx: &ServerCtx, session: &Session, name: &str) -> Result<String, ClientError> {
     Ok(match name {
         "wal_segment_size" => {
-            let size = match session.timeline(ctx).ok().and_then(|t| ctx.timelines.get(&t).ok()) {
+            let size = match session
+                .timeline(ctx)
+                .ok()
+                .and_then(|t| ctx.timelines.get(&t).ok())
+            {
                 Some(tl) => tl.state().server.wal_seg_size,
                 None => utils::xlog::DEFAULT_WAL_SEG_SIZE,
             };

@@ -99,7 +99,9 @@ pub async fn run(
                 Ok(Some(FeMessage::CopyDone | FeMessage::CopyFail(_) | FeMessage::Terminate))
                 | Ok(None) => break,
                 Ok(Some(_)) => {
-                    let e = ClientError::Unexpected("only CopyData is expected in a WAL push stream".into());
+                    let e = ClientError::Unexpected(
+                        "only CopyData is expected in a WAL push stream".into(),
+                    );
                     let _ = out_tx.send(Outgoing::Error(e)).await;
                     break;
                 }

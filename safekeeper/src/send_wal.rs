@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pq_proto::backend::{BeMessage, CopyResponse};
-use tokio::sync::watch;
 use pq_proto::frontend::FeMessage;
 use pq_proto::proposer::HotStandbyFeedback;
 use pq_proto::replication::{
     MAX_SEND_SIZE, PrimaryKeepalive, ReplicationClientMessage, ReplicationServerMessage,
     pg_timestamp_now, write_xlog_data_frame,
 };
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utils::{Lsn, Term};
 
@@ -299,10 +299,12 @@ fn read_chunk(
     n: usize,
 ) -> Result<Vec<u8>, ClientError> {
     let read = |r: &mut WalReader| {
-        r.read(pos, n).map(|b| b.to_vec()).map_err(|source| ClientError::ReadWal {
-            ttid: tl.ttid,
-            source,
-        })
+        r.read(pos, n)
+            .map(|b| b.to_vec())
+            .map_err(|source| ClientError::ReadWal {
+                ttid: tl.ttid,
+                source,
+            })
     };
     match term {
         None => read(r),
@@ -334,10 +336,12 @@ async fn read_replies(
 ) -> Result<Option<ConnReader>, ClientError> {
     loop {
         match reader.read_fe_message().await {
-            Ok(Some(FeMessage::CopyData(payload))) => match ReplicationClientMessage::decode(payload) {
-                Ok(m) => apply_reply(&tl.feedback, reader_id, m),
-                Err(e) => tracing::debug!("ignoring undecodable reply: {e}"),
-            },
+            Ok(Some(FeMessage::CopyData(payload))) => {
+                match ReplicationClientMessage::decode(payload) {
+                    Ok(m) => apply_reply(&tl.feedback, reader_id, m),
+                    Err(e) => tracing::debug!("ignoring undecodable reply: {e}"),
+                }
+            }
             Ok(Some(FeMessage::CopyDone)) => return Ok(Some(reader)),
             Ok(Some(FeMessage::CopyFail(_) | FeMessage::Terminate)) | Ok(None) => return Ok(None),
             Ok(Some(_)) => {

@@ -102,7 +102,10 @@ impl Timelines {
                 };
                 let ttid = TenantTimelineId::new(tenant_id, timeline_id);
                 let entry = me.load_one(ttid);
-                me.map.lock().unwrap_or_else(|p| p.into_inner()).insert(ttid, entry);
+                me.map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ttid, entry);
             }
         }
         Ok(me)
@@ -152,7 +155,12 @@ impl Timelines {
             storage.truncate(flush_lsn)?;
         }
         Ok(Timeline::new(
-            &dir, self.sync, self.node_id, state, flush_lsn, storage,
+            &dir,
+            self.sync,
+            self.node_id,
+            state,
+            flush_lsn,
+            storage,
         ))
     }
 

@@ -39,15 +39,16 @@ impl WalReader {
         let segno = pos.segment_number(self.seg_size);
         let n = (pos.remaining_in_segment(self.seg_size) as usize).min(max);
         if self.open.as_ref().map(|(s, _)| *s) != Some(segno) {
-            let file = open_segment_for_read(&self.dir, segno, self.seg_size)?.ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "WAL segment {} is not on this safekeeper",
-                        utils::xlog::xlog_file_name(1, segno, self.seg_size)
-                    ),
-                )
-            })?;
+            let file =
+                open_segment_for_read(&self.dir, segno, self.seg_size)?.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "WAL segment {} is not on this safekeeper",
+                            utils::xlog::xlog_file_name(1, segno, self.seg_size)
+                        ),
+                    )
+                })?;
             self.open = Some((segno, file));
         }
         let (_, file) = self.open.as_ref().expect("opened above");

@@ -99,7 +99,10 @@ impl WalStorage {
         if image.len() as u64 != start.0 - seg_start.0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("segment image of {} bytes does not end at {start}", image.len()),
+                format!(
+                    "segment image of {} bytes does not end at {start}",
+                    image.len()
+                ),
             ));
         }
         self.write_lsn = seg_start;

@@ -136,7 +136,11 @@ macro_rules! hex_id {
     };
 }
 
-hex_id!(TenantId, "tenant id", "A tenant: the owner of a set of timelines.");
+hex_id!(
+    TenantId,
+    "tenant id",
+    "A tenant: the owner of a set of timelines."
+);
 hex_id!(
     TimelineId,
     "timeline id",
@@ -218,7 +222,10 @@ mod tests {
             .parse::<TimelineId>()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("timeline id") && e.contains("position 31"), "{e}");
+        assert!(
+            e.contains("timeline id") && e.contains("position 31"),
+            "{e}"
+        );
     }
 
     #[test]

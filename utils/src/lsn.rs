@@ -24,7 +24,9 @@ pub struct Lsn(pub u64);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LsnParseError {
     /// No `/` between the two halves.
-    #[error("invalid LSN \"{0}\": expected two hexadecimal numbers separated by '/', like 0/16B3748")]
+    #[error(
+        "invalid LSN \"{0}\": expected two hexadecimal numbers separated by '/', like 0/16B3748"
+    )]
     MissingSlash(String),
     /// One half is empty, longer than 8 digits, or not hexadecimal.
     #[error("invalid LSN \"{0}\": each half must be 1 to 8 hexadecimal digits")]
@@ -89,7 +91,9 @@ impl Lsn {
 
     /// This LSN rounded up to MAXALIGN, or `None` on overflow.
     pub fn align(self) -> Option<Lsn> {
-        self.0.checked_add(MAXALIGN - 1).map(|v| Lsn(v & !(MAXALIGN - 1)))
+        self.0
+            .checked_add(MAXALIGN - 1)
+            .map(|v| Lsn(v & !(MAXALIGN - 1)))
     }
 
     /// `self + n`, or `None` on overflow.
@@ -168,7 +172,19 @@ mod tests {
         assert_eq!("0/16B3748".parse::<Lsn>().unwrap(), Lsn(0x16B3748));
         assert_eq!("a/bc".parse::<Lsn>().unwrap(), Lsn(0xA_0000_00BC));
         assert_eq!("00000000/00000001".parse::<Lsn>().unwrap(), Lsn(1));
-        for bad in ["", "/", "0/", "/0", "0", "0/1/2", "123456789/0", "0/g", " 0/1", "0/1 ", "-1/0"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "0",
+            "0/1/2",
+            "123456789/0",
+            "0/g",
+            " 0/1",
+            "0/1 ",
+            "-1/0",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} parsed");
         }
         let err = "0-1".parse::<Lsn>().unwrap_err().to_string();

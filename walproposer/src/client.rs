@@ -129,7 +129,10 @@ impl Conninfo {
 
     /// `host:port` to connect to (defaults: 127.0.0.1, 5432).
     pub fn addr(&self) -> String {
-        let host = self.get("host").or(self.get("hostaddr")).unwrap_or("127.0.0.1");
+        let host = self
+            .get("host")
+            .or(self.get("hostaddr"))
+            .unwrap_or("127.0.0.1");
         let port = self.get("port").unwrap_or("5432");
         format!("{host}:{port}")
     }

@@ -182,14 +182,21 @@ impl Driver {
                         self.conns[sk] = None;
                     }
                     Output::Send(sk, m) => {
-                        let ok = self.conns[sk].as_ref().is_some_and(|c| c.tx.try_send(m).is_ok());
+                        let ok = self.conns[sk]
+                            .as_ref()
+                            .is_some_and(|c| c.tx.try_send(m).is_ok());
                         if !ok && self.conns[sk].is_some() {
                             self.conns[sk] = None;
                             let now = self.now();
                             self.p.handle(now, Input::Disconnected(sk));
                         }
                     }
-                    Output::NeedWal { from, to, donor, term } => self.start_fetch(from, to, donor, term),
+                    Output::NeedWal {
+                        from,
+                        to,
+                        donor,
+                        term,
+                    } => self.start_fetch(from, to, donor, term),
                     other => self.pending.push_back(other),
                 }
             }
@@ -220,7 +227,12 @@ impl Driver {
         let task = tokio::spawn(sk_task(
             sk,
             epoch,
-            conninfo(&self.addrs[sk], conf.tenant_id, conf.timeline_id, "walproposer"),
+            conninfo(
+                &self.addrs[sk],
+                conf.tenant_id,
+                conf.timeline_id,
+                "walproposer",
+            ),
             conf.protocol,
             rx,
             self.ev_tx.clone(),
@@ -233,11 +245,18 @@ impl Driver {
             f.abort();
         }
         let conf = self.p.config();
-        let ci = conninfo(&self.addrs[donor], conf.tenant_id, conf.timeline_id, "wal_proposer_recovery");
+        let ci = conninfo(
+            &self.addrs[donor],
+            conf.tenant_id,
+            conf.timeline_id,
+            "wal_proposer_recovery",
+        );
         let tx = self.ev_tx.clone();
         tracing::info!(donor = %self.addrs[donor], "fetching WAL {from}..{to} of term {term}");
         self.fetch = Some(tokio::spawn(async move {
-            let res = fetch_wal(&ci, from, to, term).await.map_err(|e| e.to_string());
+            let res = fetch_wal(&ci, from, to, term)
+                .await
+                .map_err(|e| e.to_string());
             let _ = tx.send(Event::Fetched(from, res)).await;
         }));
     }
@@ -250,7 +269,10 @@ pub fn conninfo(addr: &str, tenant: TenantId, timeline: TimelineId, app: &str) -
     ci.set("host", host)
         .set("port", port)
         .set("application_name", app)
-        .set("options", format!("-c tenant_id={tenant} timeline_id={timeline}"));
+        .set(
+            "options",
+            format!("-c tenant_id={tenant} timeline_id={timeline}"),
+        );
     ci
 }
 

@@ -14,8 +14,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use pq_proto::proposer::{
     AcceptorGreeting, AcceptorMessage, AppendRequest, AppendRequestHeader, AppendResponse,
-    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage,
-    ProtocolVersion, VoteRequest, VoteResponse,
+    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage, ProtocolVersion,
+    VoteRequest, VoteResponse,
 };
 use pq_proto::replication::MAX_SEND_SIZE;
 use utils::{Lsn, TenantId, Term, TermHistory, TermLsn, TimelineId};
@@ -154,7 +154,9 @@ pub enum Output {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
-    Offline { retry_at: u64 },
+    Offline {
+        retry_at: u64,
+    },
     Connecting,
     /// Greeting sent.
     Greeting,
@@ -391,7 +393,9 @@ impl Proposer {
         match (phase, m) {
             (Phase::Greeting, AcceptorMessage::Greeting(g)) => self.on_greeting(sk, g),
             (Phase::Voting, AcceptorMessage::VoteResponse(v)) => self.on_vote(sk, v),
-            (Phase::Streaming, AcceptorMessage::AppendResponse(r)) => self.on_append_response(sk, r),
+            (Phase::Streaming, AcceptorMessage::AppendResponse(r)) => {
+                self.on_append_response(sk, r)
+            }
             (Phase::Offline { .. } | Phase::Connecting, _) => {} // from a connection already given up
             (p, m) => self.fail(sk, format!("unexpected {m:?} in state {p:?}")),
         }
@@ -405,7 +409,10 @@ impl Proposer {
                 // Someone else has been elected in our term or later.
                 return self.step_down(
                     g.term,
-                    format!("safekeeper {sk} is at term {}, ours is {}", g.term, self.term),
+                    format!(
+                        "safekeeper {sk} is at term {}, ours is {}",
+                        g.term, self.term
+                    ),
                 );
             }
             self.request_vote(sk);
@@ -513,7 +520,10 @@ impl Proposer {
 
     fn start_streaming(&mut self, sk: SkId, v: &VoteResponse) {
         let el = self.elected.as_ref().expect("elected");
-        let hcp = match v.term_history.highest_common_point(&el.history, v.flush_lsn) {
+        let hcp = match v
+            .term_history
+            .highest_common_point(&el.history, v.flush_lsn)
+        {
             Ok(p) => p.lsn,
             Err(e) => return self.fail(sk, format!("histories do not reconcile: {e}")),
         };
@@ -665,7 +675,10 @@ impl Proposer {
         s.next_lsn = end;
         s.sent_commit = self.commit_lsn;
         s.last_sent_ms = self.now_ms;
-        Some(ProposerMessage::AppendRequest(AppendRequest { h, wal_data: data }))
+        Some(ProposerMessage::AppendRequest(AppendRequest {
+            h,
+            wal_data: data,
+        }))
     }
 
     fn request_fetch(&mut self, sk: SkId, from: Lsn) {

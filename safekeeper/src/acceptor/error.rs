@@ -104,7 +104,9 @@ pub enum AcceptorError {
         computed: Lsn,
     },
     /// Truncation below committed WAL was requested.
-    #[error("ProposerElected would truncate committed WAL: start {start} is below commit_lsn {commit}")]
+    #[error(
+        "ProposerElected would truncate committed WAL: start {start} is below commit_lsn {commit}"
+    )]
     TruncateCommitted {
         /// Requested start.
         start: Lsn,

@@ -21,8 +21,8 @@ pub use error::AcceptorError;
 
 use bytes::Bytes;
 use pq_proto::proposer::{
-    AcceptorGreeting, AcceptorMessage, AppendRequest, AppendResponse, Generation,
-    ProposerElected, ProposerGreeting, ProposerMessage, VoteRequest, VoteResponse,
+    AcceptorGreeting, AcceptorMessage, AppendRequest, AppendResponse, Generation, ProposerElected,
+    ProposerGreeting, ProposerMessage, VoteRequest, VoteResponse,
 };
 use pq_proto::replication::MAX_SEND_SIZE;
 use utils::xlog::{self, DecoderConfig, WalStreamDecoder};
@@ -445,7 +445,10 @@ impl Acceptor {
                 term: self.state.term,
                 ..Default::default()
             };
-            return Ok(Output::reply(Vec::new(), AcceptorMessage::AppendResponse(resp)));
+            return Ok(Output::reply(
+                Vec::new(),
+                AcceptorMessage::AppendResponse(resp),
+            ));
         }
         if a.h.term > self.state.term || self.term_start_lsn().is_none() {
             return Err(AcceptorError::AppendBeforeElected {

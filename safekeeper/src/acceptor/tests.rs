@@ -3,8 +3,8 @@
 use bytes::{Bytes, BytesMut};
 use pq_proto::proposer::{
     AcceptorGreeting, AcceptorMessage, AppendRequest, AppendRequestHeader, AppendResponse,
-    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage,
-    SafekeeperId, VoteRequest, VoteResponse,
+    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage, SafekeeperId,
+    VoteRequest, VoteResponse,
 };
 use utils::xlog::{WalGenerator, first_segment_image};
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
@@ -28,7 +28,11 @@ fn server() -> ServerInfo {
 }
 
 fn fresh() -> Acceptor {
-    Acceptor::new(NodeId(1), TimelineState::new(ttid(), server()), Lsn::INVALID)
+    Acceptor::new(
+        NodeId(1),
+        TimelineState::new(ttid(), server()),
+        Lsn::INVALID,
+    )
 }
 
 fn hist(entries: &[(u64, Lsn)]) -> TermHistory {
@@ -72,7 +76,13 @@ fn elect(a: &mut Acceptor, term: u64, h: TermHistory, start: Lsn) -> Result<Outp
     }))
 }
 
-fn append(a: &mut Acceptor, term: u64, begin: Lsn, data: Bytes, commit: Lsn) -> Result<Output, AcceptorError> {
+fn append(
+    a: &mut Acceptor,
+    term: u64,
+    begin: Lsn,
+    data: Bytes,
+    commit: Lsn,
+) -> Result<Output, AcceptorError> {
     a.process(ProposerMessage::AppendRequest(AppendRequest {
         h: AppendRequestHeader {
             generation: Generation(0),
@@ -157,7 +167,12 @@ fn election_on_a_fresh_timeline_writes_the_segment_image() {
     let s = a.state();
     assert_eq!(s.term_history, hist(&[(1, START)]));
     assert_eq!(
-        (s.timeline_start_lsn, s.local_start_lsn, s.commit_lsn, s.peer_horizon_lsn),
+        (
+            s.timeline_start_lsn,
+            s.local_start_lsn,
+            s.commit_lsn,
+            s.peer_horizon_lsn
+        ),
         (START, START, START, START)
     );
     assert_eq!(a.flush_lsn(), START);
@@ -182,8 +197,18 @@ fn appends_are_written_at_once_and_answered_after_one_flush() {
     );
     let mid = Lsn(START.0 + 200);
     let out = append(&mut a, 1, mid, rest.clone(), ends[0]).unwrap();
-    assert_eq!(out.effects, vec![Effect::WriteWal { lsn: mid, data: rest }]);
-    assert_eq!(a.flush_lsn(), START, "nothing is reported flushed before the flush");
+    assert_eq!(
+        out.effects,
+        vec![Effect::WriteWal {
+            lsn: mid,
+            data: rest
+        }]
+    );
+    assert_eq!(
+        a.flush_lsn(),
+        START,
+        "nothing is reported flushed before the flush"
+    );
     let out = a.flush();
     assert_eq!(
         out,
@@ -298,7 +323,10 @@ fn append_before_election_is_an_error() {
     let (data, _) = wal(START, 1, 10);
     for term in [3, 4] {
         let err = append(&mut a, term, START, data.clone(), Lsn::INVALID).unwrap_err();
-        assert!(matches!(err, AcceptorError::AppendBeforeElected { .. }), "{err}");
+        assert!(
+            matches!(err, AcceptorError::AppendBeforeElected { .. }),
+            "{err}"
+        );
     }
 }
 
@@ -307,7 +335,14 @@ fn gaps_and_rewrites_are_errors() {
     let mut a = elected();
     let (data, ends) = wal(START, 2, 100);
     append(&mut a, 1, START, data.slice(..64), Lsn::INVALID).unwrap();
-    let err = append(&mut a, 1, Lsn(START.0 + 72), data.slice(72..80), Lsn::INVALID).unwrap_err();
+    let err = append(
+        &mut a,
+        1,
+        Lsn(START.0 + 72),
+        data.slice(72..80),
+        Lsn::INVALID,
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         AcceptorError::Gap {
@@ -353,9 +388,20 @@ fn xlog_switch_counts_only_once_its_padding_is_written() {
         let lsn = Lsn(START.0 + off as u64);
         append(&mut a, 1, lsn, data.slice(off..off + chunk), Lsn::INVALID).unwrap();
         a.flush();
-        assert_eq!(a.flush_lsn(), r1.end_lsn, "the switch is not complete before {lsn}");
+        assert_eq!(
+            a.flush_lsn(),
+            r1.end_lsn,
+            "the switch is not complete before {lsn}"
+        );
     }
-    append(&mut a, 1, Lsn(START.0 + last as u64), data.slice(last..), Lsn::INVALID).unwrap();
+    append(
+        &mut a,
+        1,
+        Lsn(START.0 + last as u64),
+        data.slice(last..),
+        Lsn::INVALID,
+    )
+    .unwrap();
     a.flush();
     assert_eq!(a.flush_lsn(), sw.end_lsn);
 }
@@ -371,7 +417,10 @@ fn generations_are_checked_and_adopted() {
             term: Term(2),
         }))
         .unwrap_err();
-    assert!(matches!(err, AcceptorError::GenerationMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, AcceptorError::GenerationMismatch { .. }),
+        "{err}"
+    );
     let me = SafekeeperId {
         id: NodeId(1),
         host: "sk1".into(),
@@ -403,12 +452,13 @@ fn generations_are_checked_and_adopted() {
     );
     assert_eq!(a.state().mconf.generation, Generation(2));
     // Now generation 2 is required, and an older greeting does not switch back.
-    assert!(a
-        .process(ProposerMessage::VoteRequest(VoteRequest {
+    assert!(
+        a.process(ProposerMessage::VoteRequest(VoteRequest {
             generation: Generation(2),
             term: Term(2),
         }))
-        .is_ok());
+        .is_ok()
+    );
     assert!(a.process(greeting(0, vec![])).unwrap().effects.is_empty());
     assert_eq!(a.state().mconf.generation, Generation(2));
     let other = SafekeeperId {
@@ -431,17 +481,29 @@ fn greeting_checks_the_cluster() {
         wal_seg_size: SEG,
     };
     let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
-    assert!(matches!(err, AcceptorError::PgVersionMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, AcceptorError::PgVersionMismatch { .. }),
+        "{err}"
+    );
     g.pg_version = 150007; // a minor upgrade is fine
     g.system_id = 43;
     let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
-    assert!(matches!(err, AcceptorError::SystemIdMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, AcceptorError::SystemIdMismatch { .. }),
+        "{err}"
+    );
     g.system_id = 0; // unknown (sync mode) is fine
     g.wal_seg_size = SEG * 2;
     let err = a.process(ProposerMessage::Greeting(g.clone())).unwrap_err();
-    assert!(matches!(err, AcceptorError::SegSizeMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, AcceptorError::SegSizeMismatch { .. }),
+        "{err}"
+    );
     g.wal_seg_size = SEG;
     g.timeline_id = TimelineId([9; 16]);
     let err = a.process(ProposerMessage::Greeting(g)).unwrap_err();
-    assert!(matches!(err, AcceptorError::TimelineMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, AcceptorError::TimelineMismatch { .. }),
+        "{err}"
+    );
 }

@@ -1,0 +1,204 @@
+//! A proposer for tests, built directly on `pq_proto`: every message is sent explicitly,
+//! so tests control terms, histories, start points and bad input exactly.
+//!
+//! Owns: one START_WAL_PUSH connection. Must never: hide an ErrorResponse (it becomes an
+//! error that carries the SQLSTATE and message).
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use pq_proto::backend::{BeMessage, ErrorFields};
+use pq_proto::proposer::{
+    AcceptorGreeting, AcceptorMessage, AppendRequest, AppendRequestHeader, AppendResponse,
+    Configuration, Generation, ProposerElected, ProposerGreeting, ProposerMessage, ProtocolVersion,
+    VoteRequest, VoteResponse, write_proposer_frame,
+};
+use tokio::net::TcpStream;
+use utils::{Lsn, TenantTimelineId, Term, TermHistory};
+use walproposer::client::{self, Conninfo, PgConn};
+
+/// The cluster a test proposer claims to be.
+#[derive(Debug, Clone, Copy)]
+pub struct Cluster {
+    /// PG_VERSION_NUM.
+    pub pg_version: u32,
+    /// System identifier.
+    pub system_id: u64,
+    /// WAL segment size.
+    pub wal_seg_size: u32,
+}
+
+/// A server error, kept typed so tests can check the SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+#[error("{} {}", .0.code, .0.message)]
+pub struct ServerError(pub ErrorFields);
+
+/// One START_WAL_PUSH connection.
+pub struct TestProposer {
+    conn: PgConn,
+    version: ProtocolVersion,
+    ttid: TenantTimelineId,
+}
+
+impl TestProposer {
+    /// Connects to `addr` and enters START_WAL_PUSH.
+    pub async fn connect(
+        addr: &str,
+        ttid: TenantTimelineId,
+        version: ProtocolVersion,
+        allow_creation: bool,
+    ) -> anyhow::Result<TestProposer> {
+        let ci =
+            walproposer::driver::conninfo(addr, ttid.tenant_id, ttid.timeline_id, "test_proposer");
+        let mut conn = client::connect(&ci).await?;
+        let q = match version {
+            ProtocolVersion::V2 if allow_creation => "START_WAL_PUSH".to_string(),
+            v => format!(
+                "START_WAL_PUSH (proto_version '{}', allow_timeline_creation '{}')",
+                v.number(),
+                allow_creation
+            ),
+        };
+        client::start_copy(&mut conn, &q).await?;
+        Ok(TestProposer {
+            conn,
+            version,
+            ttid,
+        })
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, m: &ProposerMessage) -> anyhow::Result<()> {
+        write_proposer_frame(m, self.version, self.conn.write_buf());
+        self.conn.flush().await?;
+        Ok(())
+    }
+
+    /// Receives one message; an ErrorResponse is an error carrying [`ServerError`].
+    pub async fn recv(&mut self) -> anyhow::Result<AcceptorMessage> {
+        match self.conn.read_be_message().await? {
+            Some(BeMessage::CopyData(p)) => Ok(AcceptorMessage::decode(p, self.version)?),
+            Some(BeMessage::ErrorResponse(e)) => Err(ServerError(e).into()),
+            Some(other) => bail!("unexpected {other:?}"),
+            None => bail!("connection closed"),
+        }
+    }
+
+    /// Greeting → AcceptorGreeting.
+    pub async fn greet(&mut self, c: Cluster) -> anyhow::Result<AcceptorGreeting> {
+        self.send(&ProposerMessage::Greeting(ProposerGreeting {
+            tenant_id: self.ttid.tenant_id,
+            timeline_id: self.ttid.timeline_id,
+            mconf: Configuration::empty(),
+            pg_version: c.pg_version,
+            system_id: c.system_id,
+            wal_seg_size: c.wal_seg_size,
+        }))
+        .await?;
+        match self.recv().await? {
+            AcceptorMessage::Greeting(g) => Ok(g),
+            other => bail!("expected AcceptorGreeting, got {other:?}"),
+        }
+    }
+
+    /// VoteRequest → VoteResponse.
+    pub async fn vote(&mut self, term: Term) -> anyhow::Result<VoteResponse> {
+        self.send(&ProposerMessage::VoteRequest(VoteRequest {
+            generation: Generation(0),
+            term,
+        }))
+        .await?;
+        match self.recv().await? {
+            AcceptorMessage::VoteResponse(v) => Ok(v),
+            other => bail!("expected VoteResponse, got {other:?}"),
+        }
+    }
+
+    /// ProposerElected (no reply).
+    pub async fn elect(
+        &mut self,
+        term: Term,
+        history: TermHistory,
+        start: Lsn,
+    ) -> anyhow::Result<()> {
+        self.send(&ProposerMessage::Elected(ProposerElected {
+            generation: Generation(0),
+            term,
+            start_streaming_at: start,
+            term_history: history,
+        }))
+        .await
+    }
+
+    /// Sends one AppendRequest without waiting for an answer.
+    pub async fn append(
+        &mut self,
+        term: Term,
+        begin: Lsn,
+        data: Bytes,
+        commit: Lsn,
+    ) -> anyhow::Result<()> {
+        let end = Lsn(begin.0 + data.len() as u64);
+        self.send(&ProposerMessage::AppendRequest(AppendRequest {
+            h: AppendRequestHeader {
+                generation: Generation(0),
+                term,
+                begin_lsn: begin,
+                end_lsn: end,
+                commit_lsn: commit,
+                truncate_lsn: Lsn::INVALID,
+            },
+            wal_data: data,
+        }))
+        .await
+    }
+
+    /// The next AppendResponse.
+    pub async fn append_response(&mut self) -> anyhow::Result<AppendResponse> {
+        match self.recv().await? {
+            AcceptorMessage::AppendResponse(r) => Ok(r),
+            other => bail!("expected AppendResponse, got {other:?}"),
+        }
+    }
+
+    /// Streams `wal` (starting at `begin`) in chunks of at most 128 KiB, each carrying
+    /// the last flush_lsn seen as commit_lsn, and reads every response. Returns the
+    /// flush_lsns reported, in order.
+    pub async fn push(&mut self, term: Term, begin: Lsn, wal: &Bytes) -> anyhow::Result<Vec<Lsn>> {
+        let mut flushes = Vec::new();
+        let mut commit = Lsn::INVALID;
+        let mut off = 0;
+        while off < wal.len() {
+            let n = (wal.len() - off).min(pq_proto::replication::MAX_SEND_SIZE);
+            self.append(
+                term,
+                Lsn(begin.0 + off as u64),
+                wal.slice(off..off + n),
+                commit,
+            )
+            .await?;
+            off += n;
+            let r = self
+                .append_response()
+                .await
+                .context("waiting for AppendResponse")?;
+            flushes.push(r.flush_lsn);
+            commit = r.flush_lsn;
+        }
+        Ok(flushes)
+    }
+
+    /// Access to the connection (for bad-input tests).
+    pub fn conn(&mut self) -> &mut PgConn {
+        &mut self.conn
+    }
+}
+
+/// Connects to the safekeeper and returns the raw socket, for bad-input tests.
+pub async fn raw_socket(addr: &str) -> anyhow::Result<TcpStream> {
+    Ok(TcpStream::connect(addr).await?)
+}
+
+/// A conninfo for the walproposer client.
+pub fn conninfo(addr: &str, ttid: &TenantTimelineId, app: &str) -> Conninfo {
+    walproposer::driver::conninfo(addr, ttid.tenant_id, ttid.timeline_id, app)
+}
