@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod pg_tools;
+pub mod sim;
 pub mod real_wal;
 pub mod sk;
 pub mod test_proposer;

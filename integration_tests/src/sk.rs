@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,28 +16,32 @@ use crate::pg::free_port;
 use crate::pg_tools::{pg_bin, run};
 
 /// Path of one of the workspace's binaries (`safekeeper`, `walproposer`), built once per
-/// test process if needed (`cargo build --bins`, same profile as the tests).
+/// test process if needed (`cargo build -p <name> --bin <name>`, same profile as the
+/// tests). Each binary is built on its own, so a test of one does not depend on the other
+/// compiling.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        // target/<profile>/deps/<test binary> → target/<profile>
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
         let profile = dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--bins", "-p", "safekeeper", "-p", "walproposer"])
+        // Both binaries are named after their package.
+        cmd.args(["build", "-p", name, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile == "release" {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("running cargo build for the binaries");
-        assert!(status.success(), "cargo build of the binaries failed");
-        dir
-    });
+        let status = cmd.status().expect("running cargo build for the binary");
+        assert!(status.success(), "cargo build of the {name} binary failed");
+        built.push(name.to_string());
+    }
     dir.join(name)
 }
 

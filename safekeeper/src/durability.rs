@@ -25,37 +25,37 @@ pub const EXIT_SYNC_FAILED: i32 = 3;
 impl SyncMode {
     /// fdatasync `file` (data and the metadata needed to read it back).
     pub fn fdatasync(self, file: &File, path: &Path) {
-        if self == SyncMode::Sync {
-            if let Err(e) = file.sync_data() {
-                sync_failed("fdatasync", path, &e);
-            }
+        if self == SyncMode::Sync
+            && let Err(e) = file.sync_data()
+        {
+            sync_failed("fdatasync", path, &e);
         }
     }
 
     /// fsync `file` (data and all metadata).
     pub fn fsync(self, file: &File, path: &Path) {
-        if self == SyncMode::Sync {
-            if let Err(e) = file.sync_all() {
-                sync_failed("fsync", path, &e);
-            }
+        if self == SyncMode::Sync
+            && let Err(e) = file.sync_all()
+        {
+            sync_failed("fsync", path, &e);
         }
     }
 
     /// fsync a directory so the names created, renamed or removed in it are durable.
     pub fn fsync_dir(self, dir: &Path) {
-        if self == SyncMode::Sync {
-            if let Err(e) = utils::fs::fsync_dir(dir) {
-                sync_failed("fsync of directory", dir, &e);
-            }
+        if self == SyncMode::Sync
+            && let Err(e) = utils::fs::fsync_dir(dir)
+        {
+            sync_failed("fsync of directory", dir, &e);
         }
     }
 
     /// Fsyncs a whole tree (start-up: see [`utils::fs::fsync_tree`]).
     pub fn fsync_tree(self, root: &Path) {
-        if self == SyncMode::Sync {
-            if let Err(e) = utils::fs::fsync_tree(root) {
-                sync_failed("fsync of data directory tree", root, &e);
-            }
+        if self == SyncMode::Sync
+            && let Err(e) = utils::fs::fsync_tree(root)
+        {
+            sync_failed("fsync of data directory tree", root, &e);
         }
     }
 }

@@ -86,7 +86,7 @@ impl Lsn {
 
     /// True if this LSN is MAXALIGNed (8 bytes), as every record start is.
     pub fn is_aligned(self) -> bool {
-        self.0 % MAXALIGN == 0
+        self.0.is_multiple_of(MAXALIGN)
     }
 
     /// This LSN rounded up to MAXALIGN, or `None` on overflow.

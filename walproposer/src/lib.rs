@@ -4,7 +4,9 @@
 //! [`proposer`] is the sans-IO state machine; [`window`] the WAL it holds in memory.
 //! The binary drives it against real safekeepers (`sync`, `generate`, `bridge`).
 
+pub mod bridge;
 pub mod client;
 pub mod driver;
+pub mod generate;
 pub mod proposer;
 pub mod window;

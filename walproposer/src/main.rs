@@ -1,10 +1,223 @@
-use clap::Parser;
+//! The `walproposer` binary: `sync`, `generate` and `bridge` over the proposer library.
 
-/// The proposer for a safekeeper quorum.
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use pq_proto::proposer::ProtocolVersion;
+use utils::{Lsn, TenantId, TimelineId};
+use walproposer::driver::Driver;
+use walproposer::generate::{self, GenerateOptions};
+use walproposer::proposer::{Config, Mode, Output};
+
+/// The proposer for a safekeeper quorum: elects a term on a majority of safekeepers and
+/// streams WAL into it.
 #[derive(Parser, Debug)]
-#[command(version)]
-struct Args {}
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _args = Args::parse();
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Elect a new term, bring a quorum of safekeepers to one end of WAL, print that LSN.
+    ///
+    /// Like Neon's `--sync-safekeepers`: the printed LSN is where a compute may start.
+    Sync(SyncArgs),
+    /// Push synthetic WAL (valid records) into a quorum and report throughput and commit
+    /// latency: the benchmark's load, and the quickest way to see a quorum work.
+    Generate(GenerateArgs),
+    /// Run an unmodified PostgreSQL on the quorum: stream its WAL as a synchronous standby
+    /// and acknowledge only what a majority of safekeepers has fsynced.
+    Bridge(walproposer::bridge::BridgeArgs),
+}
+
+/// Where the quorum is and which timeline.
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// The safekeepers, `host:port` separated by commas (an odd number, usually 3).
+    #[arg(
+        long,
+        value_name = "H:P,H:P,H:P",
+        value_delimiter = ',',
+        required = true
+    )]
+    safekeepers: Vec<String>,
+    /// Tenant id (32 hex characters).
+    #[arg(long, value_name = "HEX")]
+    tenant_id: TenantId,
+    /// Timeline id (32 hex characters).
+    #[arg(long, value_name = "HEX")]
+    timeline_id: TimelineId,
+    /// Proposer protocol version (3, or 2 for old safekeepers).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=3))]
+    protocol: u32,
+}
+
+impl Target {
+    fn config(&self) -> Config {
+        let mut c = Config::new(self.tenant_id, self.timeline_id, self.safekeepers.len());
+        c.protocol = if self.protocol == 2 {
+            ProtocolVersion::V2
+        } else {
+            ProtocolVersion::V3
+        };
+        c
+    }
+}
+
+#[derive(Args, Debug)]
+struct SyncArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    #[command(flatten)]
+    target: Target,
+    /// WAL bytes to push (suffixes k, M, G: powers of 1024).
+    #[arg(long, value_parser = parse_size)]
+    bytes: u64,
+    /// Payload bytes of each record.
+    #[arg(long, default_value = "8k", value_parser = parse_size)]
+    record_size: u64,
+    /// Limit to this many bytes per second (suffixes as for --bytes); default: as fast as
+    /// the quorum takes them.
+    #[arg(long, value_parser = parse_size)]
+    rate: Option<u64>,
+    /// System identifier written into page headers (default: derived from the ids).
+    #[arg(long)]
+    system_id: Option<u64>,
+    /// PG_VERSION_NUM the WAL claims (14xxxx to 17xxxx).
+    #[arg(long, default_value_t = 150000)]
+    pg_version: u32,
+    /// Where a new timeline starts (a record boundary).
+    #[arg(long, default_value = "0/1000028")]
+    start_lsn: Lsn,
+    /// WAL in flight beyond the commit LSN.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    max_in_flight: u64,
+}
+
+/// `123`, `8k`, `16M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            format!("invalid size \"{s}\": expected a number with an optional k, M or G")
+        })
+}
+
+/// A system id that stays the same for a timeline across runs (the safekeepers refuse a
+/// different one for an existing timeline).
+fn derived_system_id(t: &Target) -> u64 {
+    let mut v: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in t.tenant_id.0.iter().chain(t.timeline_id.0.iter()) {
+        v = (v ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    v | 1
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Sync(a) => sync(a).await,
+            Command::Generate(a) => generate_cmd(a).await,
+            Command::Bridge(a) => walproposer::bridge::run(a).await,
+        }
+    })
+}
+
+async fn sync(a: SyncArgs) -> anyhow::Result<()> {
+    let mut conf = a.target.config();
+    conf.mode = Mode::Sync;
+    let mut d = Driver::new(conf, a.target.safekeepers.clone());
+    let deadline = tokio::time::sleep(Duration::from_secs(a.timeout));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => bail!(
+                "no quorum synced within {} s (are a majority of {} reachable?)",
+                a.timeout,
+                a.target.safekeepers.join(",")
+            ),
+            o = d.next() => match o {
+                Output::Synced(lsn) => {
+                    println!("{lsn}");
+                    return Ok(());
+                }
+                Output::SteppedDown { term, reason } => {
+                    bail!("another proposer holds term {term}: {reason}")
+                }
+                Output::Elected { term, term_start_lsn } => {
+                    tracing::info!("elected in term {term}; syncing the quorum to {term_start_lsn}");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
+    let mut conf = a.target.config();
+    conf.pg_version = a.pg_version;
+    conf.system_id = a.system_id.unwrap_or_else(|| derived_system_id(&a.target));
+    conf.timeline_start_lsn = a.start_lsn;
+    let opts = GenerateOptions {
+        bytes: a.bytes,
+        record_size: usize::try_from(a.record_size).context("--record-size")?,
+        rate: a.rate,
+        max_in_flight: a.max_in_flight,
+        final_wait: Duration::from_secs(10),
+    };
+    let report = generate::run(conf, a.target.safekeepers.clone(), opts).await?;
+    println!("{report}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -269,6 +269,12 @@ impl Proposer {
         self.elected.as_ref().map(|e| e.term_start_lsn)
     }
 
+    /// The safekeeper whose WAL the election chose as the most advanced (after the
+    /// election): it holds everything below the term start.
+    pub fn donor(&self) -> Option<SkId> {
+        self.elected.as_ref().map(|e| e.donor)
+    }
+
     /// The history this proposer imposes (after the election).
     pub fn history(&self) -> Option<&TermHistory> {
         self.elected.as_ref().map(|e| &e.history)
@@ -359,11 +365,11 @@ impl Proposer {
 
     fn reconnect_due(&mut self) {
         for (i, s) in self.sks.iter_mut().enumerate() {
-            if let Phase::Offline { retry_at } = s.phase {
-                if retry_at <= self.now_ms {
-                    s.phase = Phase::Connecting;
-                    self.outputs.push_back(Output::Connect(i));
-                }
+            if let Phase::Offline { retry_at } = s.phase
+                && retry_at <= self.now_ms
+            {
+                s.phase = Phase::Connecting;
+                self.outputs.push_back(Output::Connect(i));
             }
         }
     }
@@ -623,10 +629,10 @@ impl Proposer {
     /// WAL fetched from a donor, ending at the window's base.
     pub fn provide_wal(&mut self, lsn: Lsn, data: Bytes) -> Result<(), crate::window::WindowError> {
         self.window.prepend(lsn, data)?;
-        if let Some((from, _)) = self.fetching {
-            if self.window.base() <= from {
-                self.fetching = None;
-            }
+        if let Some((from, _)) = self.fetching
+            && self.window.base() <= from
+        {
+            self.fetching = None;
         }
         Ok(())
     }
@@ -683,10 +689,11 @@ impl Proposer {
 
     fn request_fetch(&mut self, sk: SkId, from: Lsn) {
         let to = self.window.base();
-        if let Some((f, t)) = self.fetching {
-            if f <= from && t == to {
-                return;
-            }
+        if let Some((f, t)) = self.fetching
+            && f <= from
+            && t == to
+        {
+            return;
         }
         let Some(el) = &self.elected else { return };
         // A donor must hold [from, to) in our term: streaming, and flushed to at least `to`.
