@@ -6,8 +6,8 @@
 
 pub mod pg;
 pub mod pg_tools;
-pub mod sim;
 pub mod real_wal;
+pub mod sim;
 pub mod sk;
 pub mod test_proposer;
 

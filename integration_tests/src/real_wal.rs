@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, ensure};
 use bytes::{Bytes, BytesMut};
-use utils::xlog::{DecoderConfig, WalStreamDecoder, xlog_file_name};
+use utils::xlog::{DecoderConfig, WalGenerator, WalStreamDecoder, xlog_file_name};
 use utils::{Lsn, SegNo};
 
 use crate::pg::{PgCluster, PgOptions};
@@ -153,4 +153,75 @@ pub fn read_wal_range(dir: &Path, from: Lsn, to: Lsn) -> anyhow::Result<Vec<u8>>
         pos = Lsn(pos.0 + n as u64);
     }
     Ok(out)
+}
+
+/// WAL made by [`WalGenerator`] (valid page headers, CRCs and `xl_prev` chain): for tests
+/// that need WAL the acceptor accepts but not a PostgreSQL server, or WAL that diverges
+/// from a real server's.
+#[derive(Debug, Clone)]
+pub struct GeneratedWal {
+    /// LSN of the first byte.
+    pub start: Lsn,
+    /// The bytes.
+    pub wal: Bytes,
+    /// End of every record, in order (the record boundaries a flush_lsn may be).
+    pub record_ends: Vec<Lsn>,
+}
+
+impl GeneratedWal {
+    /// Appends logical-message records to `generator` until at least `min_bytes` are out.
+    /// Message sizes cycle from a few bytes to 300 kB, so records span pages, segments'
+    /// worth of pages and several AppendRequests.
+    pub fn generate(generator: &mut WalGenerator, min_bytes: usize) -> anyhow::Result<Self> {
+        const SIZES: [usize; 6] = [10, 3_000, 20_000, 100, 300_000, 9_000];
+        let start = generator.position();
+        let mut out = BytesMut::new();
+        let mut record_ends = Vec::new();
+        let mut i = 0;
+        while out.len() < min_bytes {
+            let size = SIZES[i % SIZES.len()];
+            let body: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+            let rec = generator.append_logical_message("acceptor_test", &body, &mut out)?;
+            record_ends.push(rec.end_lsn);
+            i += 1;
+        }
+        Ok(GeneratedWal {
+            start,
+            wal: out.freeze(),
+            record_ends,
+        })
+    }
+
+    /// End of the last record (= end of the bytes).
+    pub fn end(&self) -> Lsn {
+        Lsn(self.start.0 + self.wal.len() as u64)
+    }
+
+    /// True if `lsn` is the start or the end of a record of this WAL.
+    pub fn is_record_boundary(&self, lsn: Lsn) -> bool {
+        lsn == self.start || self.record_ends.binary_search(&lsn).is_ok()
+    }
+}
+
+/// Copies segments `first..=last` of a safekeeper's timeline directory into a new
+/// directory under their final names (`.partial` preferred), where `pg_waldump -p` can
+/// read them.
+pub fn segments_for_waldump(
+    dir: &Path,
+    first: SegNo,
+    last: SegNo,
+) -> anyhow::Result<tempfile::TempDir> {
+    let copy = tempfile::tempdir()?;
+    for segno in first..=last {
+        let name = xlog_file_name(1, segno, SEG);
+        let partial = dir.join(format!("{name}.partial"));
+        let src = if partial.exists() {
+            partial
+        } else {
+            dir.join(&name)
+        };
+        std::fs::copy(&src, copy.path().join(&name))
+            .with_context(|| format!("copy {}", src.display()))?;
+    }
+    Ok(copy)
 }

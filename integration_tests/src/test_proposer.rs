@@ -13,7 +13,7 @@ use pq_proto::proposer::{
     VoteRequest, VoteResponse, write_proposer_frame,
 };
 use tokio::net::TcpStream;
-use utils::{Lsn, TenantTimelineId, Term, TermHistory};
+use utils::{Lsn, TenantTimelineId, Term, TermHistory, TermLsn};
 use walproposer::client::{self, Conninfo, PgConn};
 
 /// The cluster a test proposer claims to be.
@@ -161,11 +161,33 @@ impl TestProposer {
     }
 
     /// Streams `wal` (starting at `begin`) in chunks of at most 128 KiB, each carrying
-    /// the last flush_lsn seen as commit_lsn, and reads every response. Returns the
-    /// flush_lsns reported, in order.
+    /// the last flush_lsn seen as commit_lsn (right only when this is the one acceptor
+    /// that counts: see [`TestProposer::push_with_commit`]), and reads every response.
+    /// Returns the flush_lsns reported, in order.
     pub async fn push(&mut self, term: Term, begin: Lsn, wal: &Bytes) -> anyhow::Result<Vec<Lsn>> {
+        self.push_inner(term, begin, wal, None).await
+    }
+
+    /// Like [`TestProposer::push`] but every request carries `commit` as commit_lsn.
+    pub async fn push_with_commit(
+        &mut self,
+        term: Term,
+        begin: Lsn,
+        wal: &Bytes,
+        commit: Lsn,
+    ) -> anyhow::Result<Vec<Lsn>> {
+        self.push_inner(term, begin, wal, Some(commit)).await
+    }
+
+    async fn push_inner(
+        &mut self,
+        term: Term,
+        begin: Lsn,
+        wal: &Bytes,
+        fixed_commit: Option<Lsn>,
+    ) -> anyhow::Result<Vec<Lsn>> {
         let mut flushes = Vec::new();
-        let mut commit = Lsn::INVALID;
+        let mut commit = fixed_commit.unwrap_or_default();
         let mut off = 0;
         while off < wal.len() {
             let n = (wal.len() - off).min(pq_proto::replication::MAX_SEND_SIZE);
@@ -182,7 +204,7 @@ impl TestProposer {
                 .await
                 .context("waiting for AppendResponse")?;
             flushes.push(r.flush_lsn);
-            commit = r.flush_lsn;
+            commit = fixed_commit.unwrap_or(r.flush_lsn);
         }
         Ok(flushes)
     }
@@ -190,6 +212,53 @@ impl TestProposer {
     /// Access to the connection (for bad-input tests).
     pub fn conn(&mut self) -> &mut PgConn {
         &mut self.conn
+    }
+
+    /// The connection itself (for bad-input tests that watch it close).
+    pub fn into_conn(self) -> PgConn {
+        self.conn
+    }
+}
+
+/// A term history from `(term, lsn)` pairs.
+pub fn history(entries: &[(u64, Lsn)]) -> TermHistory {
+    TermHistory(
+        entries
+            .iter()
+            .map(|&(term, lsn)| TermLsn {
+                term: Term(term),
+                lsn,
+            })
+            .collect(),
+    )
+}
+
+/// The server's ErrorResponse inside an error from [`TestProposer`], if that is what it is.
+pub fn server_error(e: &anyhow::Error) -> Option<&ErrorFields> {
+    e.downcast_ref::<ServerError>().map(|s| &s.0)
+}
+
+impl TestProposer {
+    /// Connects, greets, wins `term` (fails unless the vote is granted) and sends
+    /// ProposerElected with `history`, starting at `start` (which must be the highest
+    /// common point the acceptor computes). Returns the proposer and the VoteResponse.
+    pub async fn elected(
+        addr: &str,
+        ttid: TenantTimelineId,
+        version: ProtocolVersion,
+        cluster: Cluster,
+        term: Term,
+        history: TermHistory,
+        start: Lsn,
+    ) -> anyhow::Result<(TestProposer, VoteResponse)> {
+        let mut p = TestProposer::connect(addr, ttid, version, true).await?;
+        p.greet(cluster).await?;
+        let v = p.vote(term).await?;
+        if !v.vote_given {
+            bail!("vote for {term} refused: {v:?}");
+        }
+        p.elect(term, history, start).await?;
+        Ok((p, v))
     }
 }
 

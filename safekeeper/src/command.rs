@@ -17,7 +17,8 @@ pub enum Command {
         /// Whether the greeting may create the timeline.
         allow_timeline_creation: bool,
     },
-    /// `START_REPLICATION [SLOT s] [PHYSICAL] X/X [TIMELINE n] [X/X] [(term='N')]`
+    /// `START_REPLICATION [SLOT s] [PHYSICAL] X/X [X/X] [TIMELINE n] [(term='N')]` (the
+    /// stop LSN is also accepted after `TIMELINE n`)
     StartReplication(StartReplication),
     /// `IDENTIFY_SYSTEM`
     IdentifySystem,
@@ -343,6 +344,11 @@ pub fn parse(query: &str) -> Result<Command, CommandError> {
             }
             p.eat_keyword("PHYSICAL");
             sr.start = p.lsn()?;
+            // The stop LSN may follow the start directly (`X/X X/X TIMELINE n`, as the
+            // issue's grammar has it) or come after the timeline (`X/X TIMELINE n X/X`).
+            if p.peek_lsn() {
+                sr.stop = Some(p.lsn()?);
+            }
             if p.eat_keyword("TIMELINE") {
                 let n = p.name("a timeline number")?;
                 sr.timeline = Some(
@@ -350,7 +356,7 @@ pub fn parse(query: &str) -> Result<Command, CommandError> {
                         .map_err(|_| p.err(format!("invalid timeline number \"{n}\"")))?,
                 );
             }
-            if p.peek_lsn() {
+            if sr.stop.is_none() && p.peek_lsn() {
                 sr.stop = Some(p.lsn()?);
             }
             for (k, v) in p.options()? {
@@ -449,6 +455,14 @@ mod tests {
             (r.start, r.stop, r.term),
             (Lsn(0x10), Some(Lsn(0x20)), Some(Term(7)))
         );
+        let r = sr("START_REPLICATION 0/10 0/20 TIMELINE 1");
+        assert_eq!(
+            (r.start, r.stop, r.timeline),
+            (Lsn(0x10), Some(Lsn(0x20)), Some(1))
+        );
+        let r = sr("START_REPLICATION 0/10 TIMELINE 1 0/20");
+        assert_eq!((r.start, r.stop), (Lsn(0x10), Some(Lsn(0x20))));
+        assert!(parse("START_REPLICATION 0/10 0/20 TIMELINE 1 0/30").is_err());
         let r = sr("START_REPLICATION PHYSICAL 1/0 (term = '3')");
         assert_eq!(r.term, Some(Term(3)));
         assert!(parse("START_REPLICATION").is_err());

@@ -15,7 +15,7 @@ use utils::Lsn;
 /// What one reader last reported.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReaderInfo {
-    /// Reader id, unique per server run.
+    /// Reader id, unique per timeline and server run.
     pub id: u64,
     /// Its `application_name`.
     pub app_name: String,
@@ -38,9 +38,9 @@ pub struct ReaderInfo {
 pub struct Feedback {
     readers: Mutex<BTreeMap<u64, ReaderInfo>>,
     pageserver: Mutex<Option<PageserverFeedback>>,
+    /// The last reader id handed out (ids are unique per timeline and server run).
+    last_id: AtomicU64,
 }
-
-static NEXT_READER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Feedback {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ReaderInfo>> {
@@ -49,7 +49,7 @@ impl Feedback {
 
     /// Adds a reader; it is removed when the returned guard is dropped.
     pub fn register(&self, app_name: &str) -> ReaderGuard<'_> {
-        let id = NEXT_READER_ID.fetch_add(1, Ordering::Relaxed);
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock().insert(
             id,
             ReaderInfo {
@@ -73,9 +73,14 @@ impl Feedback {
         self.lock().values().cloned().collect()
     }
 
-    /// Records a pageserver's feedback, keeping the highest remote_consistent_lsn.
-    pub fn set_pageserver(&self, fb: PageserverFeedback) {
+    /// Records a pageserver's feedback. remote_consistent_lsn never goes back (as in
+    /// Neon): a pageserver that restarted from older remote state does not make WAL that
+    /// another one already uploaded count as missing again.
+    pub fn set_pageserver(&self, mut fb: PageserverFeedback) {
         let mut cur = self.pageserver.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(prev) = cur.as_ref() {
+            fb.remote_consistent_lsn = fb.remote_consistent_lsn.max(prev.remote_consistent_lsn);
+        }
         *cur = Some(fb);
     }
 
@@ -157,5 +162,22 @@ mod tests {
         drop(b);
         assert_eq!(fb.hot_standby().xmin, 100);
         assert_eq!(fb.readers().len(), 2);
+    }
+
+    #[test]
+    fn pageserver_remote_consistent_lsn_never_goes_back() {
+        let fb = Feedback::default();
+        let ps = |remote: u64, last: u64| PageserverFeedback {
+            remote_consistent_lsn: Lsn(remote),
+            last_received_lsn: Lsn(last),
+            ..Default::default()
+        };
+        fb.set_pageserver(ps(100, 200));
+        fb.set_pageserver(ps(50, 300));
+        let got = fb.pageserver().unwrap();
+        assert_eq!(
+            (got.remote_consistent_lsn, got.last_received_lsn),
+            (Lsn(100), Lsn(300))
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! Answers to the commands that return rows: what a walsender answers for psql,
 //! pg_receivewal and a standby's walreceiver, plus our status commands.
 //!
-//! Slots: this safekeeper keeps all WAL (nothing is removed yet), so replication slots
-//! would add nothing; `CREATE_REPLICATION_SLOT`/`DROP_REPLICATION_SLOT` succeed without
-//! keeping anything, and `READ_REPLICATION_SLOT` reports every slot as unknown (one row
-//! of NULLs, as PostgreSQL does), which makes pg_receivewal fall back to
-//! `IDENTIFY_SYSTEM`'s position.
+//! Slots are virtual: this safekeeper keeps all the WAL it has (nothing is removed
+//! yet), so a slot has nothing to retain. `CREATE_REPLICATION_SLOT` and
+//! `DROP_REPLICATION_SLOT` succeed without storing anything, and `READ_REPLICATION_SLOT`
+//! reports every name as a physical slot whose `restart_lsn` is the first WAL this
+//! safekeeper can serve (the start of the timeline's first segment): `pg_receivewal
+//! --slot=s` with an empty directory then fetches everything from the timeline start.
+//! (An unknown slot answered with NULLs, as PostgreSQL does, would make pg_receivewal
+//! 15 fail with "replication slot does not exist".) A timeline without WAL yet has a
+//! NULL `restart_lsn`, and clients fall back to IDENTIFY_SYSTEM's position.
 
 use bytes::Bytes;
 use pq_proto::backend::{BeMessage, FieldDescription};
@@ -147,12 +151,18 @@ pub fn answer(
             )));
         }
         Command::ReadReplicationSlot(_) => {
+            let tl = timeline()?;
+            let restart = crate::send_wal::first_servable_lsn(&tl);
             out.push(BeMessage::RowDescription(vec![
                 FieldDescription::text("slot_type"),
                 FieldDescription::text("restart_lsn"),
                 FieldDescription::int8("restart_tli"),
             ]));
-            out.push(row(&[None, None, None]));
+            out.push(row(&[
+                Some("physical".into()),
+                restart.map(|l| l.to_string()),
+                restart.map(|_| "1".into()),
+            ]));
             out.push(complete("READ_REPLICATION_SLOT"));
         }
         Command::CreateReplicationSlot { name, .. } => {

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use pq_proto::backend::{BeMessage, CopyResponse};
+use pq_proto::framed::ConnectionError;
 use pq_proto::frontend::FeMessage;
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage, ProtocolVersion};
 use tokio::sync::mpsc;
@@ -103,6 +104,14 @@ pub async fn run(
                         "only CopyData is expected in a WAL push stream".into(),
                     );
                     let _ = out_tx.send(Outgoing::Error(e)).await;
+                    break;
+                }
+                // Bytes that are not the protocol (a 2 GiB length, an unknown tag): the
+                // stream ends with one ErrorResponse, like any other broken stream. An I/O
+                // error leaves nobody to tell.
+                Err(ConnectionError::Protocol(e)) => {
+                    tracing::warn!(%ttid, "protocol violation in WAL push stream: {e}");
+                    let _ = out_tx.send(Outgoing::Error(ClientError::Protocol(e))).await;
                     break;
                 }
                 Err(e) => {

@@ -5,17 +5,25 @@
 //! above it. With `(term='N')`: up to flush_lsn for as long as the acceptor stays in
 //! term N, every read done under the timeline lock after checking the term, so a
 //! truncation can never change bytes while they are read; a term change ends the stream
-//! with an error.
+//! with an error. `0/0` starts at the current end (tail); a second LSN is a stop point
+//! where the stream ends cleanly (CopyDone, CommandComplete), as PostgreSQL ends a
+//! historic timeline.
 //!
 //! The sender waits on the timeline's watch channel (never a polling sleep), sends
 //! XLogData of at most MAX_SEND_SIZE that never cross a segment boundary, and a keepalive
-//! asking for a reply after a second without WAL. A separate task reads the client's
-//! `r`/`h`/`z` replies into the timeline's feedback table. A slow client only slows its
-//! own stream: it holds one chunk and the socket buffers, and reads from disk at its pace.
+//! asking for a reply after a second without sending anything. A separate task reads the
+//! client's `r`/`h`/`z` replies into the timeline's feedback table.
+//!
+//! Must never: send a byte above commit_lsn without a term, or buffer more than one chunk
+//! per stream. A slow client only slows its own stream: the sender flushes every frame
+//! before reading the next chunk, so it holds one chunk (≤ 128 KiB + header) and the
+//! socket buffers, and reads from disk at the client's pace; ingest never waits for it
+//! (the watch channels are written without waiting for receivers).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use pq_proto::backend::{BeMessage, CopyResponse};
 use pq_proto::frontend::FeMessage;
 use pq_proto::proposer::HotStandbyFeedback;
@@ -24,30 +32,35 @@ use pq_proto::replication::{
     pg_timestamp_now, write_xlog_data_frame,
 };
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use utils::{Lsn, Term};
 
 use crate::command::StartReplication;
 use crate::errors::ClientError;
 use crate::feedback::Feedback;
 use crate::handler::{Conn, ConnReader, ConnWriter, ServerCtx, Session};
-use crate::timeline::Timeline;
+use crate::timeline::{FlushState, Timeline};
 use crate::wal_reader::WalReader;
 
 /// How long a stream may be idle before a keepalive asks for a reply.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long to wait for the client's CopyDone after ours at a stop point.
+const COPY_DONE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a stream ended without an error.
 enum End {
-    /// Cleanly: the stop LSN was reached or the client sent CopyDone; the connection
-    /// goes on with the returned reader half.
+    /// Cleanly: the stop LSN was reached or the client sent CopyDone, and both sides
+    /// have sent CopyDone; the connection goes on with the returned reader half.
     Done(ConnReader),
-    /// The client went away.
+    /// The client went away (EOF, Terminate, CopyFail).
     Closed,
 }
 
-/// What the reply reader task returns.
-type ReplyTask = JoinHandle<Result<Option<ConnReader>, ClientError>>;
+/// The reply reader task: returns the reader half after the client's CopyDone, `None`
+/// when the client went away. Aborted when dropped, so it never outlives its stream.
+type ReplyTask = AbortOnDropHandle<Result<Option<ConnReader>, ClientError>>;
 
 /// Runs one stream. Returns the connection when it can go on (errors before the stream
 /// started, or a clean end), `None` when it must be closed.
@@ -60,6 +73,7 @@ pub async fn run(
     let tl = match prepare(ctx, session, &args) {
         Ok(tl) => tl,
         Err(e) => {
+            tracing::info!(app = %session.app_name, "START_REPLICATION refused: {e}");
             conn.write_be(&BeMessage::ErrorResponse(e.to_fields()));
             return Ok(Some(conn));
         }
@@ -71,28 +85,44 @@ pub async fn run(
     conn.flush().await?;
     let ttid = tl.ttid;
     let app = session.app_name.as_str();
-    tracing::info!(%ttid, app, start = %args.start, term = ?args.term, "replication stream started");
+    let mode = if args.term.is_some() {
+        "term"
+    } else {
+        "commit"
+    };
+    tracing::info!(%ttid, app, start = %args.start, stop = ?args.stop.map(|l| l.to_string()),
+        mode, term = ?args.term, "replication stream started");
 
     let (reader, mut writer) = conn.split();
     let guard = tl.feedback.register(app);
-    let mut replies: ReplyTask = tokio::spawn(read_replies(reader, tl.clone(), guard.id));
-    let result = stream(&mut writer, &tl, ctx, &args, guard.id, &mut replies).await;
+    let mut replies: ReplyTask =
+        AbortOnDropHandle::new(tokio::spawn(read_replies(reader, tl.clone(), guard.id)));
+    let mut sender = Sender {
+        w: &mut writer,
+        tl: &tl,
+        term: args.term,
+        reader_id: guard.id,
+        pos: args.start,
+        last_sent: Instant::now(),
+    };
+    let result = sender.stream(ctx, &args, &mut replies).await;
+    let pos = sender.pos;
     drop(guard);
     match result {
         Ok(End::Done(reader)) => {
             let mut conn = reader.unsplit(writer);
+            // As a walsender: the stream's own CommandComplete, then the command's.
+            conn.write_be(&BeMessage::CommandComplete("START_STREAMING".into()));
             conn.write_be(&BeMessage::CommandComplete("START_REPLICATION".into()));
-            tracing::info!(%ttid, app, "replication stream ended");
+            tracing::info!(%ttid, app, end = %pos, "replication stream ended cleanly");
             Ok(Some(conn))
         }
         Ok(End::Closed) => {
-            replies.abort();
-            tracing::info!(%ttid, app, "replication client disconnected");
+            tracing::info!(%ttid, app, end = %pos, "replication stream ended: client disconnected");
             Ok(None)
         }
         Err(e) => {
-            replies.abort();
-            tracing::info!(%ttid, app, "replication stream ended: {e}");
+            tracing::info!(%ttid, app, end = %pos, "replication stream ended: {e}");
             writer.write_be(&BeMessage::ErrorResponse(e.to_fields()));
             let _ = writer.flush().await;
             Ok(None)
@@ -110,7 +140,8 @@ fn prepare(
     if let Some(n) = args.timeline {
         if n != 1 {
             return Err(ClientError::WalUnavailable(format!(
-                "requested starting point {} on timeline {n} is not in this server's history: only timeline 1 exists",
+                "requested starting point {} on timeline {n} is not in this server's history: \
+                 only PostgreSQL timeline 1 exists here",
                 args.start
             )));
         }
@@ -127,36 +158,28 @@ fn prepare(
     Ok(tl)
 }
 
-/// A start below the timeline's first segment cannot be served.
-fn check_start(tl: &Timeline, start: Lsn) -> Result<(), ClientError> {
+/// The first LSN this safekeeper can serve: the start of the segment holding the first
+/// WAL it has (bytes of that segment before the timeline start are the synthetic image
+/// written when the timeline was created). `None` while the timeline has no WAL.
+pub fn first_servable_lsn(tl: &Timeline) -> Option<Lsn> {
     let state = tl.state();
-    let first = state.timeline_start_lsn;
-    if start.is_valid() && first.is_valid() {
-        let seg_start = first.segment_lsn(state.server.wal_seg_size);
-        if start < seg_start {
-            return Err(ClientError::WalUnavailable(format!(
-                "requested starting point {start} is before the start of this timeline's WAL: \
-                 WAL is available from {seg_start} (the timeline starts at {first})"
-            )));
-        }
-    }
-    Ok(())
+    let first = state.timeline_start_lsn.max(state.local_start_lsn);
+    first
+        .is_valid()
+        .then(|| first.segment_lsn(state.server.wal_seg_size))
 }
 
-/// The end of WAL this stream may send, or the term-change error.
-fn end_pos(tl: &Timeline, term: Option<Term>) -> Result<Lsn, ClientError> {
-    match term {
-        None => Ok(tl.commit_lsn()),
-        Some(t) => {
-            let fs = tl.flush_state();
-            if fs.term != t {
-                return Err(ClientError::TermChanged {
-                    requested: t.0,
-                    now: fs.term.0,
-                });
-            }
-            Ok(fs.flush_lsn)
+/// A start below the timeline's first segment cannot be served.
+fn check_start(tl: &Timeline, start: Lsn) -> Result<(), ClientError> {
+    match first_servable_lsn(tl) {
+        Some(first) if start.is_valid() && start < first => {
+            Err(ClientError::WalUnavailable(format!(
+                "requested starting point {start} is before the WAL this safekeeper holds for \
+                 timeline {}: WAL is available from {first}",
+                tl.ttid
+            )))
         }
+        _ => Ok(()),
     }
 }
 
@@ -164,120 +187,210 @@ fn end_pos(tl: &Timeline, term: Option<Term>) -> Result<Lsn, ClientError> {
 enum Wake {
     /// New WAL (or a term change) may be there.
     Changed,
-    /// A second without WAL.
+    /// A keepalive is due.
     Idle,
     /// The reply task ended: the client sent CopyDone or went away.
     ClientEnded(Option<ConnReader>),
 }
 
-async fn wait(
-    tl: &Timeline,
+/// One stream's sending side.
+struct Sender<'a> {
+    w: &'a mut ConnWriter,
+    tl: &'a Arc<Timeline>,
     term: Option<Term>,
-    commit_rx: &mut watch::Receiver<Lsn>,
-    flush_rx: &mut watch::Receiver<crate::timeline::FlushState>,
-    ctx: &ServerCtx,
-    replies: &mut ReplyTask,
-) -> Result<Wake, ClientError> {
-    let _ = tl;
-    let changed = async {
-        let r = match term {
-            None => commit_rx.changed().await,
-            Some(_) => flush_rx.changed().await,
-        };
-        if r.is_err() {
-            // The timeline was dropped (reloaded); nothing more will come on this one.
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        _ = ctx.shutdown.cancelled() => Err(ClientError::Shutdown),
-        r = replies => match r {
-            Ok(Ok(reader)) => Ok(Wake::ClientEnded(reader)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Ok(Wake::ClientEnded(None)),
-        },
-        _ = changed => Ok(Wake::Changed),
-        _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => Ok(Wake::Idle),
-    }
-}
-
-async fn stream(
-    w: &mut ConnWriter,
-    tl: &Arc<Timeline>,
-    ctx: &ServerCtx,
-    args: &StartReplication,
     reader_id: u64,
-    replies: &mut ReplyTask,
-) -> Result<End, ClientError> {
-    let term = args.term;
-    let mut commit_rx = tl.subscribe_commit();
-    let mut flush_rx = tl.subscribe_flush();
-    let seg_size = tl.state().server.wal_seg_size;
-    let mut reader = Some(WalReader::new(tl.dir().to_path_buf(), seg_size));
-    let mut pos = args.start;
-    let mut started = false;
-    loop {
-        commit_rx.borrow_and_update();
-        flush_rx.borrow_and_update();
-        let end = end_pos(tl, term)?;
-        if !started && end.is_valid() {
-            // WAL exists: resolve `0/0` to the current end and check the start again
-            // (the timeline may have had no WAL when the stream was requested).
-            if !pos.is_valid() {
-                pos = end;
+    /// Next LSN to send.
+    pos: Lsn,
+    /// When the last frame went out (keepalives are due a second after it).
+    last_sent: Instant,
+}
+
+impl Sender<'_> {
+    /// The end of WAL this stream may send, or the term-change error.
+    fn end_pos(&self) -> Result<Lsn, ClientError> {
+        match self.term {
+            None => Ok(self.tl.commit_lsn()),
+            Some(t) => {
+                let fs = self.tl.flush_state();
+                if fs.term != t {
+                    return Err(term_changed(t, fs));
+                }
+                Ok(fs.flush_lsn)
             }
-            check_start(tl, pos)?;
-            started = true;
         }
-        if let Some(stop) = args.stop.filter(|&s| started && pos >= s) {
-            tracing::debug!("stop point {stop} reached");
-            return finish(w, replies).await;
-        }
-        let limit = args.stop.map_or(end, |s| s.min(end));
-        if started && pos < limit {
-            let n = chunk_len(pos, limit);
-            let r = reader.take().expect("reader is put back after every read");
-            let tl2 = tl.clone();
-            let (r, res) = tokio::task::spawn_blocking(move || {
-                let mut r = r;
-                let res = read_chunk(&mut r, &tl2, term, pos, n);
-                (r, res)
-            })
-            .await
-            .map_err(|e| ClientError::Unexpected(format!("reader task failed: {e}")))?;
-            reader = Some(r);
-            let data = res?;
-            write_xlog_data_frame(w.write_buf(), pos, end, pg_timestamp_now(), &data);
-            w.flush().await?;
-            pos = Lsn(pos.0 + data.len() as u64);
-            tl.feedback.update(reader_id, |f| f.sent_lsn = pos);
-            continue;
-        }
-        match wait(tl, term, &mut commit_rx, &mut flush_rx, ctx, replies).await? {
-            Wake::Changed => {}
-            Wake::Idle => {
-                ReplicationServerMessage::Keepalive(PrimaryKeepalive {
-                    wal_end: end,
-                    send_time: pg_timestamp_now(),
-                    reply_requested: true,
-                })
-                .encode_frame(w.write_buf());
-                w.flush().await?;
+    }
+
+    async fn stream(
+        &mut self,
+        ctx: &ServerCtx,
+        args: &StartReplication,
+        replies: &mut ReplyTask,
+    ) -> Result<End, ClientError> {
+        let mut commit_rx = self.tl.subscribe_commit();
+        let mut flush_rx = self.tl.subscribe_flush();
+        let seg_size = self.tl.state().server.wal_seg_size;
+        let mut reader = Some(WalReader::new(self.tl.dir().to_path_buf(), seg_size));
+        let mut started = false;
+        loop {
+            // A client that sent CopyDone (pg_receivewal at --endpos) or left while we
+            // were busy sending is noticed here, not only when idle.
+            if replies.is_finished() {
+                return self.client_ended(replies.await).await;
             }
-            Wake::ClientEnded(Some(reader)) => {
-                // The client's CopyDone: answer with ours and end cleanly.
-                w.write_be(&BeMessage::CopyDone);
-                return Ok(End::Done(reader));
+            // Mark the current values seen before reading them: a change after this
+            // point wakes the wait below.
+            commit_rx.borrow_and_update();
+            flush_rx.borrow_and_update();
+            let end = self.end_pos()?;
+            if !started && end.is_valid() {
+                // WAL exists: resolve `0/0` to the current end and check the start again
+                // (the timeline may have had no WAL when the stream was requested).
+                if !self.pos.is_valid() {
+                    self.pos = end;
+                }
+                check_start(self.tl, self.pos)?;
+                started = true;
             }
-            Wake::ClientEnded(None) => return Ok(End::Closed),
+            if let Some(stop) = args.stop.filter(|&s| started && self.pos >= s) {
+                tracing::debug!("stop point {stop} reached");
+                return self.finish(replies).await;
+            }
+            let limit = args.stop.map_or(end, |s| s.min(end));
+            if started && self.pos < limit {
+                let n = chunk_len(self.pos, limit, seg_size);
+                let r = reader
+                    .take()
+                    .expect("the reader is put back after every read");
+                let sent = self.send_chunk(r, &mut reader, n, end).await?;
+                self.pos = Lsn(self.pos.0 + sent as u64);
+                let pos = self.pos;
+                self.tl
+                    .feedback
+                    .update(self.reader_id, |f| f.sent_lsn = pos);
+                continue;
+            }
+            match self
+                .wait(&mut commit_rx, &mut flush_rx, ctx, replies)
+                .await?
+            {
+                Wake::Changed => {}
+                Wake::Idle => {
+                    ReplicationServerMessage::Keepalive(PrimaryKeepalive {
+                        wal_end: end,
+                        send_time: pg_timestamp_now(),
+                        reply_requested: true,
+                    })
+                    .encode_frame(self.w.write_buf());
+                    self.w.flush().await?;
+                    self.last_sent = Instant::now();
+                }
+                Wake::ClientEnded(r) => return self.client_ended(Ok(Ok(r))).await,
+            }
+        }
+    }
+
+    /// Reads `n` bytes at `pos` on a blocking thread, straight from the reader's reused
+    /// buffer into the connection's write buffer (moved to that thread and back), and
+    /// sends them as one XLogData. Returns the number of WAL bytes sent.
+    async fn send_chunk(
+        &mut self,
+        mut r: WalReader,
+        slot: &mut Option<WalReader>,
+        n: usize,
+        end: Lsn,
+    ) -> Result<usize, ClientError> {
+        let mut out = std::mem::take(self.w.write_buf());
+        let (tl, term, pos) = (self.tl.clone(), self.term, self.pos);
+        let joined = tokio::task::spawn_blocking(move || {
+            let res = read_frame(&mut r, &tl, term, pos, n, end, &mut out);
+            (r, out, res)
+        })
+        .await;
+        let (r, out, res) =
+            joined.map_err(|e| ClientError::Unexpected(format!("WAL reader task failed: {e}")))?;
+        *slot = Some(r);
+        *self.w.write_buf() = out;
+        let sent = res?;
+        self.w.flush().await?;
+        self.last_sent = Instant::now();
+        Ok(sent)
+    }
+
+    async fn wait(
+        &self,
+        commit_rx: &mut watch::Receiver<Lsn>,
+        flush_rx: &mut watch::Receiver<FlushState>,
+        ctx: &ServerCtx,
+        replies: &mut ReplyTask,
+    ) -> Result<Wake, ClientError> {
+        let term = self.term;
+        let changed = async {
+            let r = match term {
+                None => commit_rx.changed().await,
+                Some(_) => flush_rx.changed().await,
+            };
+            if r.is_err() {
+                // The timeline was dropped (reloaded); nothing more will come on this
+                // one. Keepalives go on until the client or shutdown ends the stream.
+                std::future::pending::<()>().await;
+            }
+        };
+        // All branches are cancel-safe: watch `changed`, a JoinHandle, a sleep and a
+        // cancellation token can be dropped and polled again without losing anything.
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => Err(ClientError::Shutdown),
+            r = replies => match r {
+                Ok(Ok(reader)) => Ok(Wake::ClientEnded(reader)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Ok(Wake::ClientEnded(None)),
+            },
+            _ = changed => Ok(Wake::Changed),
+            _ = tokio::time::sleep_until(self.last_sent + KEEPALIVE_INTERVAL) => Ok(Wake::Idle),
+        }
+    }
+
+    /// The reply task ended: a CopyDone is answered with ours (a clean end).
+    async fn client_ended(
+        &mut self,
+        r: Result<Result<Option<ConnReader>, ClientError>, tokio::task::JoinError>,
+    ) -> Result<End, ClientError> {
+        match r {
+            Ok(Ok(Some(reader))) => {
+                self.w.write_be(&BeMessage::CopyDone);
+                Ok(End::Done(reader))
+            }
+            Ok(Ok(None)) | Err(_) => Ok(End::Closed),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Ends the stream at the stop point: CopyDone, then wait (bounded) for the client's.
+    async fn finish(&mut self, replies: &mut ReplyTask) -> Result<End, ClientError> {
+        self.w.write_be(&BeMessage::CopyDone);
+        self.w.flush().await?;
+        match tokio::time::timeout(COPY_DONE_TIMEOUT, replies).await {
+            Ok(Ok(Ok(Some(reader)))) => Ok(End::Done(reader)),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(None)) | Err(_)) => Ok(End::Closed),
+            Err(_) => Err(ClientError::Unexpected(format!(
+                "no CopyDone from the client within {COPY_DONE_TIMEOUT:?} after the stop point"
+            ))),
         }
     }
 }
 
-/// Bytes to send from `pos` towards `limit`: at most MAX_SEND_SIZE, ending on a page
-/// boundary unless it reaches `limit` (fewer, larger reads for the client).
-fn chunk_len(pos: Lsn, limit: Lsn) -> usize {
-    let avail = limit.0 - pos.0;
+fn term_changed(requested: Term, now: FlushState) -> ClientError {
+    ClientError::TermChanged {
+        requested: requested.0,
+        now: now.term.0,
+    }
+}
+
+/// Bytes to send from `pos` towards `limit`: at most MAX_SEND_SIZE, never crossing a
+/// segment boundary, and ending on a page boundary unless it reaches `limit` or the end
+/// of the segment (fewer, page-aligned reads for the client).
+fn chunk_len(pos: Lsn, limit: Lsn, seg_size: u32) -> usize {
+    let avail = (limit.0 - pos.0).min(pos.remaining_in_segment(seg_size));
     if avail <= MAX_SEND_SIZE as u64 {
         return avail as usize;
     }
@@ -289,42 +402,36 @@ fn chunk_len(pos: Lsn, limit: Lsn) -> usize {
     }
 }
 
-/// Reads one chunk (not crossing a segment). In term mode under the timeline lock, after
-/// checking the term, so that no truncation can change the bytes being read.
-fn read_chunk(
+/// Reads one chunk (not crossing a segment) and appends it to `out` as an XLogData frame.
+/// In term mode under the timeline lock, after checking the term, so that no truncation
+/// can change the bytes being read; the reader's cached file is dropped first there,
+/// since an election in that term may have removed and recreated the segment.
+fn read_frame(
     r: &mut WalReader,
     tl: &Timeline,
     term: Option<Term>,
     pos: Lsn,
     n: usize,
-) -> Result<Vec<u8>, ClientError> {
-    let read = |r: &mut WalReader| {
-        r.read(pos, n)
-            .map(|b| b.to_vec())
-            .map_err(|source| ClientError::ReadWal {
-                ttid: tl.ttid,
-                source,
-            })
+    end: Lsn,
+    out: &mut BytesMut,
+) -> Result<usize, ClientError> {
+    let mut read = |r: &mut WalReader| {
+        let data = r.read(pos, n).map_err(|source| ClientError::ReadWal {
+            ttid: tl.ttid,
+            source,
+        })?;
+        // One copy, from the reused read buffer into the output buffer. (Reading straight
+        // into `out` would need the CopyData/XLogData header written outside pq_proto.)
+        write_xlog_data_frame(out, pos, end, pg_timestamp_now(), data);
+        Ok(data.len())
     };
     match term {
         None => read(r),
-        Some(t) => tl.with_term(t, || read(r)).unwrap_or_else(|| {
-            Err(ClientError::TermChanged {
-                requested: t.0,
-                now: tl.flush_state().term.0,
-            })
-        }),
-    }
-}
-
-/// Ends the stream at the stop point: CopyDone, then wait (bounded) for the client's.
-async fn finish(w: &mut ConnWriter, replies: &mut ReplyTask) -> Result<End, ClientError> {
-    w.write_be(&BeMessage::CopyDone);
-    w.flush().await?;
-    match tokio::time::timeout(Duration::from_secs(30), replies).await {
-        Ok(Ok(Ok(Some(reader)))) => Ok(End::Done(reader)),
-        Ok(Ok(Err(e))) => Err(e),
-        _ => Ok(End::Closed),
+        Some(t) => {
+            r.reset();
+            tl.with_term(t, || read(r))
+                .unwrap_or_else(|| Err(term_changed(t, tl.flush_state())))
+        }
     }
 }
 
@@ -373,5 +480,27 @@ fn apply_reply(fb: &Feedback, id: u64, m: ReplicationClientMessage) {
             }
         }),
         ReplicationClientMessage::PageserverFeedback(p) => fb.set_pageserver(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_len;
+    use utils::Lsn;
+
+    const SEG: u32 = 16 << 20;
+
+    #[test]
+    fn chunks_are_bounded_page_aligned_and_stay_in_their_segment() {
+        // Everything available fits: send it all.
+        assert_eq!(chunk_len(Lsn(0x100_0028), Lsn(0x100_1000), SEG), 0xfd8);
+        // More than MAX_SEND_SIZE: end on a page boundary.
+        assert_eq!(
+            chunk_len(Lsn(0x100_0028), Lsn(0x200_0000), SEG),
+            128 * 1024 - 0x28
+        );
+        // Never across a segment boundary, even when more is available.
+        assert_eq!(chunk_len(Lsn(0x1ff_f000), Lsn(0x300_0000), SEG), 0x1000);
+        assert_eq!(chunk_len(Lsn(0x1ff_fff8), Lsn(0x200_0008), SEG), 8);
     }
 }

@@ -193,9 +193,10 @@ pub async fn run(
     }
     let end = gen_.position();
     let elapsed = started.elapsed();
-    // Let every reachable safekeeper learn the final commit_lsn.
+    // Let every safekeeper learn the final commit_lsn; one that stays unreachable holds
+    // the exit up for at most `final_wait`.
     let deadline = Instant::now() + opts.final_wait;
-    while !d.proposer().all_streaming_committed(end) && Instant::now() < deadline {
+    while !d.proposer().all_committed(end) && Instant::now() < deadline {
         let _ = tokio::time::timeout(Duration::from_millis(100), d.next()).await;
     }
     latencies.sort_unstable();

@@ -188,6 +188,8 @@ struct Sk {
     sent_commit: Lsn,
     /// When anything was last sent.
     last_sent_ms: u64,
+    /// An AppendRequest is due right away (just elected: learn its flush_lsn).
+    probe: bool,
 }
 
 /// The proposer.
@@ -232,6 +234,7 @@ impl Proposer {
                 next_lsn: Lsn::INVALID,
                 sent_commit: Lsn::INVALID,
                 last_sent_ms: 0,
+                probe: false,
             })
             .collect();
         let mut p = Proposer {
@@ -300,14 +303,25 @@ impl Proposer {
         self.sks[sk].phase == Phase::Streaming
     }
 
-    /// True if every streaming safekeeper reported commit_lsn ≥ `lsn` and a quorum streams.
-    pub fn all_streaming_committed(&self, lsn: Lsn) -> bool {
-        let streaming: Vec<_> = self
-            .sks
+    /// True if every configured safekeeper streams and reported commit_lsn ≥ `lsn`.
+    pub fn all_committed(&self, lsn: Lsn) -> bool {
+        self.sks
             .iter()
-            .filter(|s| s.phase == Phase::Streaming)
-            .collect();
-        streaming.len() >= self.conf.quorum() && streaming.iter().all(|s| s.commit_lsn >= lsn)
+            .all(|s| s.phase == Phase::Streaming && s.commit_lsn >= lsn)
+    }
+
+    /// True if every safekeeper that is not offline streams and reported commit_lsn ≥
+    /// `lsn`, and at least a quorum does.
+    pub fn all_streaming_committed(&self, lsn: Lsn) -> bool {
+        let mut streaming = 0;
+        for s in &self.sks {
+            match s.phase {
+                Phase::Offline { .. } => {}
+                Phase::Streaming if s.commit_lsn >= lsn => streaming += 1,
+                _ => return false,
+            }
+        }
+        streaming >= self.conf.quorum()
     }
 
     /// Takes the outputs produced so far.
@@ -411,8 +425,8 @@ impl Proposer {
         self.max_term_seen = self.max_term_seen.max(g.term);
         self.sks[sk].phase = Phase::Greeted;
         if self.elected.is_some() || self.campaigning {
-            if g.term >= self.term {
-                // Someone else has been elected in our term or later.
+            if g.term > self.term {
+                // Someone else campaigns in a later term.
                 return self.step_down(
                     g.term,
                     format!(
@@ -543,6 +557,7 @@ impl Proposer {
         s.phase = Phase::Streaming;
         s.start_lsn = hcp;
         s.next_lsn = hcp;
+        s.probe = true;
         s.flush_lsn = Lsn::INVALID;
         s.sent_commit = Lsn::INVALID;
         self.send(sk, ProposerMessage::Elected(msg));
@@ -664,7 +679,7 @@ impl Proposer {
             }
         }
         let s = &self.sks[sk];
-        let heartbeat_due = self.now_ms >= s.last_sent_ms + self.conf.heartbeat_ms;
+        let heartbeat_due = s.probe || self.now_ms >= s.last_sent_ms + self.conf.heartbeat_ms;
         if data.is_empty() && s.sent_commit >= self.commit_lsn && !heartbeat_due {
             return None;
         }
@@ -681,6 +696,7 @@ impl Proposer {
         s.next_lsn = end;
         s.sent_commit = self.commit_lsn;
         s.last_sent_ms = self.now_ms;
+        s.probe = false;
         Some(ProposerMessage::AppendRequest(AppendRequest {
             h,
             wal_data: data,
@@ -689,6 +705,8 @@ impl Proposer {
 
     fn request_fetch(&mut self, sk: SkId, from: Lsn) {
         let to = self.window.base();
+        // Fetch a bounded amount at a time; the rest is asked for once this arrived.
+        let from = Lsn(from.0.max(to.0.saturating_sub(self.conf.max_window / 2)));
         if let Some((f, t)) = self.fetching
             && f <= from
             && t == to
@@ -706,8 +724,6 @@ impl Proposer {
                 s.phase == Phase::Streaming && s.flush_lsn.max(s.start_lsn) >= to
             });
         let Some(donor) = donor else { return };
-        // Fetch a bounded amount at a time; the rest is asked for once this arrived.
-        let from = Lsn(from.0.max(to.0.saturating_sub(self.conf.max_window / 2)));
         self.fetching = Some((from, to));
         self.outputs.push_back(Output::NeedWal {
             from,

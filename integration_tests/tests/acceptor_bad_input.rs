@@ -1,0 +1,315 @@
+//! Hostile and broken input: each case ends (at most) its own connection. After every
+//! case the process is alive, its memory did not balloon, and a new connection is served.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::{BufMut, Bytes, BytesMut};
+use integration_tests::pg_tools::{pg_bin, run_unchecked};
+use integration_tests::real_wal::GeneratedWal;
+use integration_tests::sk::{Safekeeper, TimelineStatus};
+use integration_tests::test_proposer::{
+    Cluster, TestProposer, conninfo, history, raw_socket, server_error,
+};
+use pq_proto::backend::SqlState;
+use pq_proto::proposer::ProtocolVersion;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use utils::xlog::WalGenerator;
+use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
+use walproposer::client::{self, PgError};
+
+const CLUSTER: Cluster = Cluster {
+    pg_version: 150004,
+    system_id: 7_300_000_000_000_000_002,
+    wal_seg_size: 16 * 1024 * 1024,
+};
+/// A record boundary just past the long page header of segment 1.
+const START: Lsn = Lsn(0x0100_0028);
+
+/// Memory of the safekeeper process, from `/proc/<pid>/status` (kB).
+#[derive(Debug, Clone, Copy)]
+struct Mem {
+    /// Resident now.
+    rss: u64,
+    /// Peak resident.
+    hwm: u64,
+    /// Peak virtual.
+    peak: u64,
+}
+
+fn mem(sk: &Safekeeper) -> anyhow::Result<Mem> {
+    let pid = sk.pid().context("safekeeper not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?)
+    };
+    Ok(Mem {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+        peak: field("VmPeak:")?,
+    })
+}
+
+/// A 2 GiB length must not be allocated: neither touched (resident peak) nor reserved
+/// (virtual peak; thread stacks and allocator arenas stay far below 1 GiB).
+fn assert_no_big_allocation(before: Mem, after: Mem, what: &str) {
+    const MIB: u64 = 1024;
+    println!("{what}: memory {before:?} -> {after:?}");
+    assert!(
+        after.hwm < before.hwm + 64 * MIB && after.rss < before.rss + 64 * MIB,
+        "{what}: resident memory jumped: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.peak < before.peak + 1024 * MIB,
+        "{what}: virtual memory peak jumped: {before:?} -> {after:?}"
+    );
+}
+
+/// Reads until the server closes the connection (bounded); returns what it sent.
+async fn read_until_closed(sock: &mut TcpStream, what: &str) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => bail!("{what}: the server kept the connection open for 10 s"),
+        }
+    }
+}
+
+/// Sends `bytes` on a fresh socket (write errors ignored: the server may close early)
+/// and waits for the server to close it.
+async fn send_raw_expect_close(
+    sk: &Safekeeper,
+    bytes: &[u8],
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let mut sock = raw_socket(&sk.addr()).await?;
+    let _ = sock.write_all(bytes).await;
+    read_until_closed(&mut sock, what).await
+}
+
+/// The process is alive and a new connection gets the timeline's status.
+fn assert_serving(
+    sk: &mut Safekeeper,
+    ttid: &TenantTimelineId,
+    expected: &TimelineStatus,
+    what: &str,
+) {
+    assert!(
+        sk.is_running(),
+        "{what}: the safekeeper died; log:\n{}",
+        sk.log()
+    );
+    let status = sk
+        .timeline_status(ttid)
+        .unwrap_or_else(|e| panic!("{what}: TIMELINE_STATUS on a new connection: {e:#}"));
+    assert_eq!(&status, expected, "{what}: the timeline changed");
+}
+
+fn startup_header(len: u32) -> Vec<u8> {
+    let mut b = len.to_be_bytes().to_vec();
+    b.extend_from_slice(&0x0003_0000u32.to_be_bytes()); // protocol 3.0
+    b.extend_from_slice(b"user\0postgres\0");
+    b
+}
+
+/// A proposer elected in `term` at the timeline's end of WAL.
+async fn elected(
+    sk: &Safekeeper,
+    ttid: TenantTimelineId,
+    term: u64,
+    end: Lsn,
+) -> anyhow::Result<TestProposer> {
+    let hist = if term == 1 {
+        history(&[(1, START)])
+    } else {
+        history(&[(1, START), (term, end)])
+    };
+    let (p, v) = TestProposer::elected(
+        &sk.addr(),
+        ttid,
+        ProtocolVersion::V3,
+        CLUSTER,
+        Term(term),
+        hist,
+        end,
+    )
+    .await?;
+    assert_eq!(v.flush_lsn, if term == 1 { Lsn::INVALID } else { end });
+    Ok(p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut generator = WalGenerator::new(START, CLUSTER.system_id, CLUSTER.wal_seg_size, 15)?;
+    let wal = GeneratedWal::generate(&mut generator, 300 * 1024)?;
+    let end = wal.end();
+    let mut p = elected(&sk, ttid, 1, START).await?;
+    p.push(Term(1), START, &wal.wal).await?;
+    drop(p);
+    let expected = sk.timeline_status(&ttid)?;
+    assert_eq!(expected.flush_lsn, end);
+
+    // Garbage instead of a startup packet: an HTTP request (its first four bytes read as a
+    // ~1.2 GB length), an unknown protocol version, a length below the header's.
+    for (what, bytes) in [
+        (
+            "HTTP request",
+            b"GET / HTTP/1.1\r\nHost: sk\r\n\r\n".to_vec(),
+        ),
+        (
+            "protocol 0x1234.5678",
+            [&8u32.to_be_bytes()[..], &0x1234_5678u32.to_be_bytes()].concat(),
+        ),
+        ("length 3", vec![0, 0, 0, 3, 0, 3, 0, 0]),
+    ] {
+        send_raw_expect_close(&sk, &bytes, what).await?;
+        assert_serving(&mut sk, &ttid, &expected, what);
+    }
+
+    // Startup packets claiming 2 GiB: refused from the length word alone.
+    for len in [0x8000_0000u32, 0x7fff_ffff, 0xffff_ffff] {
+        let what = format!("startup length {len:#x}");
+        let before = mem(&sk)?;
+        send_raw_expect_close(&sk, &startup_header(len), &what).await?;
+        assert_no_big_allocation(before, mem(&sk)?, &what);
+        assert_serving(&mut sk, &ttid, &expected, &what);
+    }
+
+    // A query message claiming 2 GiB after a good startup.
+    {
+        let what = "Query of 2 GiB";
+        let before = mem(&sk)?;
+        let mut conn = client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
+        conn.write_buf().put_u8(b'Q');
+        conn.write_buf().put_u32(0x8000_0000);
+        conn.write_buf().put_slice(b"IDENTIFY_SYSTEM");
+        let _ = conn.flush().await;
+        let mut sock = conn.into_inner();
+        read_until_closed(&mut sock, what).await?;
+        assert_no_big_allocation(before, mem(&sk)?, what);
+        assert_serving(&mut sk, &ttid, &expected, what);
+    }
+
+    // An unknown command is an ERROR with a SQLSTATE; the session goes on.
+    {
+        let mut conn = client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
+        match client::simple_query(&mut conn, "FROBNICATE THE WAL").await {
+            Err(PgError::Server(f)) => {
+                assert_eq!(f.code, SqlState::FEATURE_NOT_SUPPORTED, "{f:?}");
+                assert!(f.message.contains("FROBNICATE"), "{f:?}");
+            }
+            other => panic!("unknown command: {other:?}"),
+        }
+        let rows = client::simple_query(&mut conn, "IDENTIFY_SYSTEM").await?;
+        assert_eq!(
+            rows[0][0].as_deref(),
+            Some(CLUSTER.system_id.to_string().as_str())
+        );
+        // The same with psql: two commands on one connection.
+        let out = run_unchecked(
+            Command::new(pg_bin("psql"))
+                .arg(sk.conninfo(Some(&ttid)))
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-c",
+                    "FROBNICATE",
+                    "-c",
+                    "IDENTIFY_SYSTEM",
+                ]),
+        )?;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            stderr.contains("unsupported command"),
+            "psql stderr: {stderr}"
+        );
+        assert!(
+            stdout.starts_with(&format!("{}|1|", CLUSTER.system_id)),
+            "IDENTIFY_SYSTEM after the error, psql stdout: {stdout}; stderr: {stderr}"
+        );
+        assert_serving(&mut sk, &ttid, &expected, "unknown command");
+    }
+
+    // An AppendRequest leaving a gap: ErrorResponse, then the stream is closed. The
+    // acceptor was elected in term 2 at the end of WAL, so only the gap is wrong.
+    {
+        let what = "AppendRequest with a gap";
+        let mut p = elected(&sk, ttid, 2, end).await?;
+        let gap = Lsn(end.0 + 8192);
+        p.append(Term(2), gap, Bytes::from(vec![0u8; 8192]), Lsn::INVALID)
+            .await?;
+        let e = p
+            .append_response()
+            .await
+            .expect_err("a gap must be refused");
+        let f = server_error(&e).unwrap_or_else(|| panic!("{what}: no ErrorResponse: {e:#}"));
+        assert_eq!(f.code, SqlState::PROTOCOL_VIOLATION, "{f:?}");
+        assert!(
+            f.message.contains("gap") && f.message.contains(&gap.to_string()),
+            "{f:?}"
+        );
+        let mut sock = p.into_conn().into_inner();
+        read_until_closed(&mut sock, what).await?;
+        let expected = TimelineStatus {
+            term: Term(2),
+            last_log_term: Term(2),
+            ..expected
+        };
+        assert_serving(&mut sk, &ttid, &expected, what);
+    }
+
+    // A CopyData frame claiming 2 GiB inside the stream: ErrorResponse and close, nothing
+    // allocated.
+    {
+        let what = "CopyData of 2 GiB";
+        let mut p = elected(&sk, ttid, 3, end).await?;
+        let before = mem(&sk)?;
+        let conn = p.conn();
+        let mut frame = BytesMut::new();
+        frame.put_u8(b'd');
+        frame.put_u32(0x8000_0000);
+        frame.put_u8(b'a'); // AppendRequest
+        frame.put_bytes(0, 44);
+        conn.write_buf().extend_from_slice(&frame);
+        let _ = conn.flush().await;
+        match tokio::time::timeout(Duration::from_secs(10), p.recv()).await {
+            Ok(Err(e)) => {
+                let f =
+                    server_error(&e).unwrap_or_else(|| panic!("{what}: no ErrorResponse: {e:#}"));
+                assert_eq!(f.code, SqlState::PROTOCOL_VIOLATION, "{f:?}");
+            }
+            Ok(Ok(m)) => panic!("{what}: answered with {m:?}"),
+            Err(_) => panic!("{what}: no answer in 10 s"),
+        }
+        let mut sock = p.into_conn().into_inner();
+        read_until_closed(&mut sock, what).await?;
+        assert_no_big_allocation(before, mem(&sk)?, what);
+        let expected = TimelineStatus {
+            term: Term(3),
+            last_log_term: Term(3),
+            ..expected
+        };
+        assert_serving(&mut sk, &ttid, &expected, what);
+    }
+    Ok(())
+}
