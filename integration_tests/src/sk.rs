@@ -279,3 +279,79 @@ pub struct TimelineStatus {
     /// Where the timeline starts.
     pub timeline_start_lsn: Lsn,
 }
+
+/// A `walproposer bridge` process.
+pub struct Bridge {
+    child: Option<Child>,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Bridge {
+    /// Starts `walproposer bridge --primary <conninfo> --safekeepers <addrs>` with extra
+    /// arguments; its output goes to `log`.
+    pub fn start(
+        primary: &str,
+        safekeepers: &str,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Bridge> {
+        let mut args = vec![
+            "bridge".to_string(),
+            "--primary".into(),
+            primary.to_string(),
+            "--safekeepers".into(),
+            safekeepers.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut b = Bridge {
+            child: None,
+            log: log.to_path_buf(),
+            args,
+        };
+        b.restart()?;
+        Ok(b)
+    }
+
+    /// Starts it again (after [`Bridge::kill`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        self.child = Some(
+            Command::new(workspace_bin("walproposer"))
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("spawn walproposer bridge")?,
+        );
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}

@@ -74,8 +74,7 @@ async fn new_term_truncates_divergent_tail_and_deposes_old_proposer() -> anyhow:
         .record_starts
         .iter()
         .copied()
-        .filter(|&l| l < x)
-        .next_back()
+        .rfind(|&l| l < x)
         .expect("a record before X");
     println!(
         "A: start {}, commit {commit}, flush {a_flush}; X = {x}",

@@ -170,3 +170,80 @@ fn fault_free_run_commits_everything() {
         );
     }
 }
+
+/// A proposer that sends WAL which does not decode (a corrupted message, or a record the
+/// decoder rejects) must not move the acceptor's flush_lsn: found by the simulation with
+/// `SK_SIM_CORRUPT=1` (e.g. seed 2, then LogSafety/NoCommittedLoss with `SK_SIM_AUX=0`).
+/// `Acceptor::decode` advances `write_record_lsn` for the good records that precede the
+/// bad one in the same AppendRequest, then fails without a `WriteWal`: the next
+/// VoteRequest reports those never-written bytes as flushed, and the election that
+/// follows truncates "at" a point past the written end (the real storage fills a hole of
+/// zeros there) which then gets committed.
+#[test]
+#[ignore = "known acceptor bug: invalid WAL in an AppendRequest advances flush_lsn past the written WAL"]
+fn invalid_wal_does_not_advance_flush_lsn() {
+    use bytes::BytesMut;
+    use integration_tests::sim::acceptor_node::AcceptorNode;
+    use pq_proto::proposer::{
+        AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
+        ProposerMessage, VoteRequest,
+    };
+    use safekeeper::acceptor::Reply;
+    use utils::xlog::WalGenerator;
+    use utils::{Lsn, Term, TermHistory, TermLsn};
+
+    let start = Lsn(0x0100_0028);
+    let mut node = AcceptorNode::new(0, Mutation::None);
+    let vote = |term| {
+        ProposerMessage::VoteRequest(VoteRequest {
+            generation: Generation(0),
+            term: Term(term),
+        })
+    };
+    node.process(vote(1)).expect("vote");
+    node.process(ProposerMessage::Elected(ProposerElected {
+        generation: Generation(0),
+        term: Term(1),
+        start_streaming_at: start,
+        term_history: TermHistory(vec![TermLsn {
+            term: Term(1),
+            lsn: start,
+        }]),
+    }))
+    .expect("elected");
+    // Two records in one AppendRequest; a bit of the second one's body is flipped.
+    let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
+    let mut wal = BytesMut::new();
+    let first = g
+        .append_logical_message("t", b"good", &mut wal)
+        .expect("record");
+    let second = g
+        .append_logical_message("t", &[7u8; 100], &mut wal)
+        .expect("record");
+    let flip = (second.start_lsn.0 - start.0) as usize + 60;
+    wal[flip] ^= 1;
+    let end = Lsn(start.0 + wal.len() as u64);
+    let res = node.process(ProposerMessage::AppendRequest(AppendRequest {
+        h: AppendRequestHeader {
+            generation: Generation(0),
+            term: Term(1),
+            begin_lsn: start,
+            end_lsn: end,
+            commit_lsn: Lsn::INVALID,
+            truncate_lsn: Lsn::INVALID,
+        },
+        wal_data: wal.freeze(),
+    }));
+    assert!(res.is_err(), "corrupted WAL must be refused");
+    // Nothing was written, so nothing may be reported as flushed.
+    let out = node.process(vote(2)).expect("vote");
+    let Reply::Now(AcceptorMessage::VoteResponse(v)) = out.reply else {
+        panic!("a vote is answered");
+    };
+    assert!(
+        v.flush_lsn <= start,
+        "flush_lsn {} reported, but no byte past {start} was written (the first record ends at {})",
+        v.flush_lsn,
+        first.end_lsn
+    );
+}

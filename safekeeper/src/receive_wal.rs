@@ -166,14 +166,14 @@ fn open_timeline(
         ));
     };
     let ttid = TenantTimelineId::new(g.tenant_id, g.timeline_id);
-    if let Some(named) = session.ttid {
-        if named != ttid {
-            return Err(AcceptorError::TimelineMismatch {
-                expected: named,
-                got: ttid,
-            }
-            .into_client());
+    if let Some(named) = session.ttid
+        && named != ttid
+    {
+        return Err(AcceptorError::TimelineMismatch {
+            expected: named,
+            got: ttid,
         }
+        .into_client());
     }
     if !allow_creation {
         return Ok(ctx.timelines.get(&ttid)?);

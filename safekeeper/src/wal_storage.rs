@@ -142,11 +142,11 @@ impl WalStorage {
 
     /// Makes everything written durable.
     pub fn flush(&mut self) {
-        if let Some(seg) = self.current.as_mut() {
-            if seg.dirty {
-                self.sync.fdatasync(&seg.file, &seg.path);
-                seg.dirty = false;
-            }
+        if let Some(seg) = self.current.as_mut()
+            && seg.dirty
+        {
+            self.sync.fdatasync(&seg.file, &seg.path);
+            seg.dirty = false;
         }
     }
 

@@ -213,9 +213,23 @@ impl ReplStream {
     }
 
     /// Sends `query` (a START_REPLICATION) on this connection.
+    /// A refusal (an ErrorResponse before CopyBoth) is an error, after the ReadyForQuery
+    /// that follows it has been read, so the connection can be used again.
     pub async fn start_on(&mut self, query: &str) -> anyhow::Result<()> {
-        client::start_copy(&mut self.conn, query).await?;
-        Ok(())
+        match client::start_copy(&mut self.conn, query).await {
+            Ok(()) => Ok(()),
+            Err(e @ PgError::Server(_)) => {
+                loop {
+                    match self.conn.read_be_message().await? {
+                        Some(BeMessage::ReadyForQuery(_)) => break,
+                        Some(_) => {}
+                        None => bail!("connection closed after the error"),
+                    }
+                }
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs a simple query on this connection (outside a stream).
@@ -260,7 +274,11 @@ impl ReplStream {
                 Frame::Data(x) => {
                     check_xlog_data(&x, Lsn(from.0 + out.len() as u64))?;
                     let end = Lsn(x.wal_start.0 + x.data.len() as u64);
-                    ensure!(end <= to, "XLogData {}..{end} goes beyond {to}", x.wal_start);
+                    ensure!(
+                        end <= to,
+                        "XLogData {}..{end} goes beyond {to}",
+                        x.wal_start
+                    );
                     out.extend_from_slice(&x.data);
                 }
                 Frame::Keepalive(_) => {}
