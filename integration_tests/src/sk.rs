@@ -100,6 +100,17 @@ impl Safekeeper {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Fails the test if any thread of the process panicked so far (a panic in a
+    /// connection task only ends that connection, so tests could otherwise miss it).
+    pub fn assert_no_panics(&self) {
+        let log = self.log();
+        assert!(
+            !log.contains("panicked at"),
+            "safekeeper {} panicked; log:\n{log}",
+            self.id
+        );
+    }
+
     /// The process id, while it runs (for `/proc/<pid>/status`).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

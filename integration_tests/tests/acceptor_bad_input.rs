@@ -311,5 +311,6 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
         };
         assert_serving(&mut sk, &ttid, &expected, what);
     }
+    sk.assert_no_panics();
     Ok(())
 }

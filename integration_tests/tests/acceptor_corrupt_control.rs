@@ -126,5 +126,6 @@ async fn corrupt_control_file_disables_only_its_timeline() -> anyhow::Result<()>
         (more.end(), Term(2), Term(2))
     );
     assert!(sk.is_running());
+    sk.assert_no_panics();
     Ok(())
 }

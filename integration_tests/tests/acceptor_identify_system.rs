@@ -76,5 +76,6 @@ async fn identify_system_via_psql() -> anyhow::Result<()> {
         err.contains("no timeline selected") && err.contains("tenant_id"),
         "psql without options on two timelines: {err}"
     );
+    sk.assert_no_panics();
     Ok(())
 }

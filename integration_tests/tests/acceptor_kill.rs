@@ -252,6 +252,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_wal() -> anyhow::Result<()> {
         if let Err(e) = recover_and_finish(&sk, &real, ttid, version, &killed).await {
             panic!("{what}: {e:#}\nsafekeeper log:\n{}", sk.log());
         }
+        sk.assert_no_panics();
         drop(sk);
         std::fs::remove_dir_all(&sk_dir)?;
     }

@@ -93,6 +93,7 @@ async fn second_process_on_the_same_datadir_is_refused() -> anyhow::Result<()> {
     assert!(sk.stop()?.success());
     let sk2 = Safekeeper::start(2, &datadir, false)?;
     assert_eq!(sk2.timeline_status(&ttid)?.flush_lsn, wal.end());
+    sk.assert_no_panics();
     Ok(())
 }
 
@@ -138,6 +139,7 @@ async fn sigterm_exits_zero_and_keeps_acknowledged_wal() -> anyhow::Result<()> {
     let v = p.vote(Term(2)).await?;
     assert!(v.vote_given);
     assert_eq!(v.flush_lsn, acked);
+    sk.assert_no_panics();
     Ok(())
 }
 
@@ -191,5 +193,6 @@ async fn sigterm_mid_stream_exits_zero_and_keeps_acknowledged_wal() -> anyhow::R
         flush <= Lsn(START.0 + sent as u64) && wal.is_record_boundary(flush),
         "flush_lsn {flush} after restart"
     );
+    sk.assert_no_panics();
     Ok(())
 }

@@ -208,5 +208,6 @@ async fn new_term_truncates_divergent_tail_and_deposes_old_proposer() -> anyhow:
             .all(|r| r.rmgr == "LogicalMessage" && r.desc.contains("acceptor_test")),
         "{from_b:?}"
     );
+    sk.assert_no_panics();
     Ok(())
 }

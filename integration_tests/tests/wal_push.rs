@@ -94,5 +94,6 @@ async fn full_flow_real_wal_is_stored_byte_identical() -> anyhow::Result<()> {
             dump.stderr
         );
     }
+    sk.assert_no_panics();
     Ok(())
 }
