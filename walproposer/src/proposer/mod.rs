@@ -24,6 +24,8 @@ use crate::window::WalWindow;
 
 mod election;
 mod streaming;
+#[cfg(test)]
+mod tests;
 
 /// Index of a safekeeper in the configured list.
 pub type SkId = usize;

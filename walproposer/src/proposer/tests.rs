@@ -1,0 +1,279 @@
+//! The proposer alone: inputs in, exact outputs out (no sockets, no clock).
+
+use bytes::Bytes;
+use pq_proto::proposer::{
+    AcceptorGreeting, AcceptorMessage, AppendResponse, Configuration, Generation, ProposerMessage,
+    VoteResponse,
+};
+use utils::{Lsn, NodeId, TenantId, Term, TermHistory, TermLsn, TimelineId};
+
+use super::*;
+
+fn conf() -> Config {
+    let mut c = Config::new(TenantId([1; 16]), TimelineId([2; 16]), 3);
+    c.timeline_start_lsn = Lsn(0x100);
+    c
+}
+
+fn hist(entries: &[(u64, u64)]) -> TermHistory {
+    TermHistory(
+        entries
+            .iter()
+            .map(|&(t, l)| TermLsn {
+                term: Term(t),
+                lsn: Lsn(l),
+            })
+            .collect(),
+    )
+}
+
+fn greeting(term: u64) -> AcceptorMessage {
+    AcceptorMessage::Greeting(AcceptorGreeting {
+        node_id: NodeId(1),
+        mconf: Configuration::empty(),
+        term: Term(term),
+    })
+}
+
+fn vote(term: u64, given: bool, flush: u64, h: TermHistory) -> AcceptorMessage {
+    AcceptorMessage::VoteResponse(VoteResponse {
+        generation: Generation(0),
+        term: Term(term),
+        vote_given: given,
+        flush_lsn: Lsn(flush),
+        truncate_lsn: Lsn(0),
+        term_history: h,
+    })
+}
+
+fn ack(term: u64, flush: u64, commit: u64) -> AcceptorMessage {
+    AcceptorMessage::AppendResponse(AppendResponse {
+        generation: Generation(0),
+        term: Term(term),
+        flush_lsn: Lsn(flush),
+        commit_lsn: Lsn(commit),
+        ..Default::default()
+    })
+}
+
+/// Connects and greets all three with the given terms; returns the proposer and the
+/// outputs of the last step.
+fn greeted(terms: [u64; 3]) -> (Proposer, Vec<Output>) {
+    let mut p = Proposer::new(conf());
+    assert_eq!(
+        p.drain_outputs(),
+        vec![Output::Connect(0), Output::Connect(1), Output::Connect(2)]
+    );
+    for (sk, &t) in terms.iter().enumerate() {
+        p.handle(0, Input::Connected(sk));
+        p.handle(0, Input::Message(sk, greeting(t)));
+    }
+    let out = p.drain_outputs();
+    (p, out)
+}
+
+fn sent(out: &[Output]) -> Vec<(SkId, &ProposerMessage)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(sk, m) => Some((*sk, m)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn campaigns_for_one_above_the_highest_term_once_a_quorum_greeted() {
+    let mut p = Proposer::new(conf());
+    p.drain_outputs();
+    p.handle(0, Input::Connected(0));
+    p.handle(0, Input::Message(0, greeting(4)));
+    let out = p.drain_outputs();
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Send(_, ProposerMessage::VoteRequest(_)))),
+        "no campaign before a quorum greeted: {out:?}"
+    );
+    p.handle(0, Input::Connected(1));
+    p.handle(0, Input::Message(1, greeting(7)));
+    let out = p.drain_outputs();
+    let votes: Vec<_> = sent(&out)
+        .into_iter()
+        .filter_map(|(sk, m)| match m {
+            ProposerMessage::VoteRequest(v) => Some((sk, v.term)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(votes, vec![(0, Term(8)), (1, Term(8))]);
+}
+
+#[test]
+fn donor_is_the_highest_last_log_term_then_flush_lsn() {
+    let (mut p, _) = greeted([3, 3, 3]);
+    // Safekeeper 0 has more WAL, but of an older term: 1 wins on last_log_term.
+    p.handle(
+        0,
+        Input::Message(0, vote(4, true, 0x900, hist(&[(1, 0x100)]))),
+    );
+    p.handle(
+        0,
+        Input::Message(1, vote(4, true, 0x500, hist(&[(1, 0x100), (3, 0x400)]))),
+    );
+    let out = p.drain_outputs();
+    assert!(out.contains(&Output::Elected {
+        term: Term(4),
+        term_start_lsn: Lsn(0x500)
+    }));
+    assert_eq!(p.donor(), Some(1));
+    assert_eq!(
+        p.history(),
+        Some(&hist(&[(1, 0x100), (3, 0x400), (4, 0x500)]))
+    );
+    // Each voter starts at its highest common point with that history: safekeeper 0's
+    // term-1 WAL above 0x400 is divergent.
+    let elected: Vec<_> = sent(&out)
+        .into_iter()
+        .filter_map(|(sk, m)| match m {
+            ProposerMessage::Elected(e) => Some((sk, e.start_streaming_at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(elected, vec![(0, Lsn(0x400)), (1, Lsn(0x500))]);
+}
+
+#[test]
+fn commit_counts_only_acks_at_or_above_the_term_start() {
+    let (mut p, _) = greeted([0, 0, 0]);
+    for sk in 0..3 {
+        p.handle(
+            0,
+            Input::Message(sk, vote(1, true, 0, TermHistory::empty())),
+        );
+    }
+    p.drain_outputs();
+    assert_eq!(p.term_start_lsn(), Some(Lsn(0x100)));
+    p.append_wal(Lsn(0x100), Bytes::from(vec![0u8; 0x200]))
+        .unwrap();
+    // One ack is not a quorum.
+    p.handle(0, Input::Message(0, ack(1, 0x300, 0)));
+    assert_eq!(p.commit_lsn(), Lsn(0));
+    p.handle(0, Input::Message(1, ack(1, 0x280, 0)));
+    assert_eq!(p.commit_lsn(), Lsn(0x280), "the second highest of the acks");
+    assert!(p.drain_outputs().contains(&Output::Committed(Lsn(0x280))));
+}
+
+#[test]
+fn older_term_wal_is_not_committed_before_this_terms() {
+    let (mut p, _) = greeted([1, 1, 1]);
+    // A lagging quorum member: term start is the donor's 0x800.
+    p.handle(
+        0,
+        Input::Message(0, vote(2, true, 0x800, hist(&[(1, 0x100)]))),
+    );
+    p.handle(
+        0,
+        Input::Message(1, vote(2, true, 0x400, hist(&[(1, 0x100)]))),
+    );
+    p.drain_outputs();
+    // Safekeeper 1 acknowledges 0x600: below the term start, it counts as nothing.
+    p.handle(0, Input::Message(0, ack(2, 0x800, 0)));
+    p.handle(0, Input::Message(1, ack(2, 0x600, 0)));
+    assert_eq!(p.commit_lsn(), Lsn(0));
+    p.handle(0, Input::Message(1, ack(2, 0x800, 0)));
+    assert_eq!(p.commit_lsn(), Lsn(0x800));
+}
+
+#[test]
+fn steps_down_when_any_reply_carries_a_higher_term() {
+    let (mut p, _) = greeted([0, 0, 0]);
+    for sk in 0..2 {
+        p.handle(
+            0,
+            Input::Message(sk, vote(1, true, 0, TermHistory::empty())),
+        );
+    }
+    p.drain_outputs();
+    p.handle(0, Input::Message(0, ack(5, 0, 0)));
+    let out = p.drain_outputs();
+    assert!(
+        matches!(out.as_slice(), [Output::SteppedDown { term: Term(5), .. }]),
+        "{out:?}"
+    );
+    assert!(p.is_done());
+    // A refused vote while campaigning also ends the campaign.
+    let (mut p, _) = greeted([0, 0, 0]);
+    p.handle(
+        0,
+        Input::Message(0, vote(1, false, 0, TermHistory::empty())),
+    );
+    assert!(p.is_done());
+}
+
+#[test]
+fn streams_chunks_of_at_most_128k_and_heartbeats_when_idle() {
+    let (mut p, _) = greeted([0, 0, 0]);
+    for sk in 0..3 {
+        p.handle(
+            0,
+            Input::Message(sk, vote(1, true, 0, TermHistory::empty())),
+        );
+    }
+    p.drain_outputs();
+    p.append_wal(Lsn(0x100), Bytes::from(vec![7u8; 300 * 1024]))
+        .unwrap();
+    let mut sizes = Vec::new();
+    while let Some(ProposerMessage::AppendRequest(a)) = p.poll_send(0, 0) {
+        sizes.push(a.wal_data.len());
+        if a.wal_data.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(sizes, vec![128 * 1024, 128 * 1024, 44 * 1024]);
+    assert_eq!(p.poll_send(0, 10), None, "nothing due");
+    let Some(ProposerMessage::AppendRequest(hb)) = p.poll_send(0, 2000) else {
+        panic!("a heartbeat is due after a second");
+    };
+    assert!(hb.wal_data.is_empty());
+}
+
+#[test]
+fn reconnects_with_backoff() {
+    let (mut p, _) = greeted([0, 0, 0]);
+    p.handle(1000, Input::Disconnected(2));
+    assert_eq!(p.drain_outputs(), vec![]);
+    p.handle(1050, Input::Tick);
+    assert_eq!(p.drain_outputs(), vec![], "backoff not over");
+    p.handle(1100, Input::Tick);
+    assert_eq!(p.drain_outputs(), vec![Output::Connect(2)]);
+}
+
+#[test]
+fn sync_reports_the_term_start_once_everyone_committed_it() {
+    let mut c = conf();
+    c.mode = Mode::Sync;
+    let mut p = Proposer::new(c);
+    p.drain_outputs();
+    for sk in 0..3 {
+        p.handle(0, Input::Connected(sk));
+        p.handle(0, Input::Message(sk, greeting(1)));
+    }
+    for sk in 0..3 {
+        p.handle(
+            0,
+            Input::Message(sk, vote(2, true, 0x700, hist(&[(1, 0x100)]))),
+        );
+    }
+    p.drain_outputs();
+    for sk in 0..3 {
+        p.handle(0, Input::Message(sk, ack(2, 0x700, 0)));
+    }
+    assert_eq!(p.commit_lsn(), Lsn(0x700));
+    assert!(
+        !p.drain_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Synced(_)))
+    );
+    for sk in 0..3 {
+        p.handle(0, Input::Message(sk, ack(2, 0x700, 0x700)));
+    }
+    assert!(p.drain_outputs().contains(&Output::Synced(Lsn(0x700))));
+}
