@@ -1,5 +1,6 @@
 //! Shared harness for the integration tests: a throwaway PostgreSQL 15 cluster ([`pg`]) and
-//! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]).
+//! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]); and the seeded,
+//! in-process simulation of proposer + acceptors ([`sim`]).
 //!
 //! Owns: processes and temp directories of tests. Must never: be used outside tests, or
 //! leave a process or directory behind (everything is released on drop).

@@ -206,19 +206,29 @@ impl Safekeeper {
 
     /// SIGTERM, then wait for a clean exit; returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit (SIGKILL and an error after that);
+    /// returns the exit status.
+    pub fn stop_within(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let Some(mut c) = self.child.take() else {
             bail!("not running");
         };
         // SAFETY: kill(2) with a pid we own.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = c.try_wait()? {
                 return Ok(st);
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                bail!("safekeeper did not exit on SIGTERM; log:\n{}", self.log());
+                let _ = c.wait();
+                bail!(
+                    "safekeeper did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

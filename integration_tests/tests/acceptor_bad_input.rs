@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use integration_tests::pg_tools::{pg_bin, run_unchecked};
-use integration_tests::real_wal::GeneratedWal;
+use integration_tests::real_wal::{GeneratedWal, read_wal_range};
 use integration_tests::sk::{Safekeeper, TimelineStatus};
 use integration_tests::test_proposer::{
     Cluster, TestProposer, conninfo, history, raw_socket, server_error,
@@ -211,7 +211,13 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
         let mut conn = client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
         match client::simple_query(&mut conn, "FROBNICATE THE WAL").await {
             Err(PgError::Server(f)) => {
-                assert_eq!(f.code, SqlState::FEATURE_NOT_SUPPORTED, "{f:?}");
+                // What a walsender answers (syntax error) or "not supported": an ERROR
+                // the client can act on, not an internal error.
+                assert!(
+                    [SqlState::FEATURE_NOT_SUPPORTED, SqlState::SYNTAX_ERROR].contains(&f.code),
+                    "{f:?}"
+                );
+                assert_eq!(f.severity, "ERROR", "{f:?}");
                 assert!(f.message.contains("FROBNICATE"), "{f:?}");
             }
             other => panic!("unknown command: {other:?}"),
@@ -240,7 +246,7 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr),
         );
         assert!(
-            stderr.contains("unsupported command"),
+            stderr.contains("ERROR") && stderr.contains("FROBNICATE"),
             "psql stderr: {stderr}"
         );
         assert!(
@@ -311,6 +317,75 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
         };
         assert_serving(&mut sk, &ttid, &expected, what);
     }
+    sk.assert_no_panics();
+    Ok(())
+}
+
+/// An AppendRequest whose last record fails its CRC, after records that are fine: the
+/// request is refused, and what the acceptor reports as its WAL afterwards is WAL it
+/// really holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_record_is_refused_and_never_reported() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut generator = WalGenerator::new(START, CLUSTER.system_id, CLUSTER.wal_seg_size, 15)?;
+    let wal = GeneratedWal::generate(&mut generator, 100 * 1024)?;
+    let end = wal.end();
+    let mut p = elected(&sk, ttid, 1, START).await?;
+    p.push(Term(1), START, &wal.wal).await?;
+
+    // Three small records; the third one's last body byte is flipped.
+    let mut good = BytesMut::new();
+    let mut recs = Vec::new();
+    for i in 0..3u8 {
+        recs.push(generator.append_logical_message("bad_input", &[i; 200], &mut good)?);
+    }
+    let good = good.freeze();
+    let flip = recs[2].start_lsn.0 + u64::from(recs[2].total_len) - 1 - end.0;
+    assert!(
+        Lsn(end.0 + flip).page_offset() > 40,
+        "the flipped byte must be record data, not a page header"
+    );
+    let mut bad = good.to_vec();
+    bad[flip as usize] ^= 0x01;
+    p.append(Term(1), end, bad.into(), wal.end()).await?;
+    let e = p
+        .append_response()
+        .await
+        .expect_err("a record with a bad CRC must be refused");
+    let f = server_error(&e).unwrap_or_else(|| panic!("no ErrorResponse: {e:#}"));
+    assert_eq!(f.code, SqlState::DATA_CORRUPTED, "{f:?}");
+    let mut sock = p.into_conn().into_inner();
+    read_until_closed(&mut sock, "AppendRequest with a bad CRC").await?;
+    assert_eq!(sk.timeline_status(&ttid)?.flush_lsn, end);
+
+    // The next proposer is told a flush_lsn whose WAL is really there.
+    let mut p = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, false).await?;
+    p.greet(CLUSTER).await?;
+    let v = p.vote(Term(2)).await?;
+    assert!(v.vote_given);
+    let stored = read_wal_range(&sk.timeline_dir(&ttid), end, v.flush_lsn.max(end))?;
+    assert!(
+        v.flush_lsn >= end && stored[..] == good[..stored.len()],
+        "VoteResponse flush_lsn {} after the refused request (WAL ended at {end}), but the \
+         WAL below it is not what was sent",
+        v.flush_lsn
+    );
+    // Elected from there, the same records without the flipped bit are taken.
+    let from = v.flush_lsn;
+    p.elect(Term(2), history(&[(1, START), (2, from)]), from)
+        .await?;
+    let rest = good.slice((from.0 - end.0) as usize..);
+    let flushes = p.push(Term(2), from, &rest).await?;
+    assert_eq!(flushes.last().copied(), Some(recs[2].end_lsn));
+    let stored = read_wal_range(&sk.timeline_dir(&ttid), end, recs[2].end_lsn)?;
+    assert!(stored == good, "stored WAL differs from the good records");
+    let status = sk.timeline_status(&ttid)?;
+    assert_eq!(
+        (status.flush_lsn, status.term, status.last_log_term),
+        (recs[2].end_lsn, Term(2), Term(2))
+    );
     sk.assert_no_panics();
     Ok(())
 }

@@ -196,3 +196,35 @@ async fn sigterm_mid_stream_exits_zero_and_keeps_acknowledged_wal() -> anyhow::R
     sk.assert_no_panics();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_clients_that_never_start() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir()?;
+    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let ttid = new_ttid();
+    // A TCP connection that never sends a byte, one stuck in the middle of its startup
+    // packet, and a proposer that entered START_WAL_PUSH but never greeted.
+    let mut silent = integration_tests::test_proposer::raw_socket(&sk.addr()).await?;
+    let mut half = integration_tests::test_proposer::raw_socket(&sk.addr()).await?;
+    half.write_all(&[0, 0, 0, 100, 0, 3, 0, 0, b'u']).await?;
+    let mut mute = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, true).await?;
+    // Let the server reach the point where it waits on each of them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let st = sk.stop_within(Duration::from_secs(10))?;
+    assert_eq!(st.code(), Some(0), "SIGTERM exit: {st}; log:\n{}", sk.log());
+    let e = tokio::time::timeout(Duration::from_secs(5), mute.recv())
+        .await?
+        .expect_err("the stream must end");
+    let f = server_error(&e).unwrap_or_else(|| panic!("no ErrorResponse: {e:#}"));
+    assert_eq!(f.code, SqlState::ADMIN_SHUTDOWN, "{f:?}");
+    for sock in [&mut silent, &mut half] {
+        let mut buf = Vec::new();
+        // Closed (possibly after an ErrorResponse), not left hanging.
+        tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await??;
+    }
+    sk.assert_no_panics();
+    Ok(())
+}

@@ -211,3 +211,65 @@ async fn new_term_truncates_divergent_tail_and_deposes_old_proposer() -> anyhow:
     sk.assert_no_panics();
     Ok(())
 }
+
+/// B's history has nothing in common with the acceptor's and starts beyond the end of its
+/// WAL: taking it would leave a hole of zeros inside the WAL the acceptor reports, so the
+/// election is refused (as Neon's "truncate to non-written WAL" is) and the WAL stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_starting_beyond_the_acceptors_wal_is_refused() -> anyhow::Result<()> {
+    const START: Lsn = Lsn(0x0100_0028);
+    let cluster = integration_tests::test_proposer::Cluster {
+        pg_version: 150004,
+        system_id: 7_300_000_000_000_000_004,
+        wal_seg_size: SEG,
+    };
+    let dir = tempfile::tempdir()?;
+    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut generator = WalGenerator::new(START, cluster.system_id, SEG, 15)?;
+    let a_wal = GeneratedWal::generate(&mut generator, 100 * 1024)?;
+    let (mut a, _) = TestProposer::elected(
+        &sk.addr(),
+        ttid,
+        ProtocolVersion::V3,
+        cluster,
+        Term(1),
+        history(&[(1, START)]),
+        START,
+    )
+    .await?;
+    a.push(Term(1), START, &a_wal.wal).await?;
+    let f = a_wal.end();
+    drop(a);
+
+    // B: term 2 from Y, a page past A's end; the highest common point is B's first entry.
+    let y = Lsn((f.0 / 8192 + 2) * 8192 + 24);
+    let mut b = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, true).await?;
+    b.greet(cluster).await?;
+    let v = b.vote(Term(2)).await?;
+    assert!(v.vote_given);
+    assert_eq!(v.flush_lsn, f);
+    b.elect(Term(2), history(&[(2, y)]), y).await?;
+    let mut bg = WalGenerator::new(y, cluster.system_id, SEG, 15)?;
+    let b_wal = GeneratedWal::generate(&mut bg, 8 * 1024)?;
+    b.append(Term(2), y, b_wal.wal.clone(), Lsn::INVALID)
+        .await?;
+    match tokio::time::timeout(std::time::Duration::from_secs(10), b.recv()).await? {
+        Err(e) => {
+            let fields = integration_tests::test_proposer::server_error(&e)
+                .unwrap_or_else(|| panic!("no ErrorResponse: {e:#}"));
+            assert!(fields.message.contains(&y.to_string()), "{fields:?}");
+        }
+        Ok(m) => {
+            panic!("ProposerElected at {y}, beyond the acceptor's WAL end {f}, was taken: {m:?}")
+        }
+    }
+    let status = sk.timeline_status(&ttid)?;
+    assert_eq!((status.flush_lsn, status.last_log_term), (f, Term(1)));
+    let st = sk.stop()?;
+    assert!(st.success());
+    sk.restart()?;
+    assert_eq!(sk.timeline_status(&ttid)?.flush_lsn, f);
+    sk.assert_no_panics();
+    Ok(())
+}

@@ -74,7 +74,16 @@ pub type ConnWriter = FramedWriter<WriteHalf<TcpStream>>;
 /// Serves one connection until the client leaves, a stream ends it, or shutdown.
 pub async fn handle(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), ClientError> {
     let mut conn = Framed::new(stream);
-    let Some(session) = startup(&mut conn).await? else {
+    // Under the shutdown token like every other wait on the client: a client that never
+    // finishes its startup must not hold up a graceful shutdown.
+    let session = tokio::select! {
+        _ = ctx.shutdown.cancelled() => {
+            send_error(&mut conn, &ClientError::Shutdown).await;
+            return Ok(());
+        }
+        s = startup(&mut conn) => s?,
+    };
+    let Some(session) = session else {
         return Ok(());
     };
     tracing::debug!(app = %session.app_name, ttid = ?session.ttid, "session started");

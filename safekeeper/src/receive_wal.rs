@@ -52,7 +52,15 @@ pub async fn run(
     }));
     conn.flush().await?;
 
-    let first = match read_proposer_message(&mut conn, version).await {
+    // A proposer that never greets must not hold up a graceful shutdown.
+    let first = tokio::select! {
+        _ = ctx.shutdown.cancelled() => {
+            send_error(&mut conn, &ClientError::Shutdown).await;
+            return Ok(());
+        }
+        m = read_proposer_message(&mut conn, version) => m,
+    };
+    let first = match first {
         Ok(Some(m)) => m,
         Ok(None) => return Ok(()),
         Err(e) => {

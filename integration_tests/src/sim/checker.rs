@@ -104,8 +104,23 @@ impl Checker {
         self.max_commit.0
     }
 
-    /// ElectionSafety: `term` was won by `who`.
-    pub fn on_elected(&mut self, term: Term, term_start: Lsn, who: &str) -> Check {
+    /// ElectionSafety: `term` was won by `who`, which imposes `history` (LogIsMonotonic).
+    pub fn on_elected(
+        &mut self,
+        term: Term,
+        term_start: Lsn,
+        history: Option<&TermHistory>,
+        who: &str,
+    ) -> Check {
+        match history {
+            Some(h) if h.is_monotonic() && h.last().is_some_and(|e| e.term == term && e.lsn == term_start) => {}
+            _ => {
+                return Err(Violation::new(
+                    "LogIsMonotonic",
+                    format!("{who} won term {term} at {term_start} with history {history:?}"),
+                ));
+            }
+        }
         if let Some(first) = self.won.get(&term) {
             return Err(Violation::new(
                 "ElectionSafety",

@@ -125,7 +125,7 @@ pub struct SimOptions {
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
-            steps: 2500,
+            steps: 8000,
             faults: true,
             silent_faults: true,
             corrupt_faults: false,
@@ -237,13 +237,13 @@ impl SimConfig {
                 0.0
             },
             send_window: rng.pick(&[2, 8, 32]),
-            w_crash_acceptor: 0.02 * f,
+            w_crash_acceptor: 0.01 * f,
             w_crash_proposer: 0.01 * f,
             w_break_conn: 0.01 * f,
             w_silent: silent,
             w_corrupt: corrupt,
             torn_write: rng.pick(&[0.0, 0.5, 0.9]),
-            crash_mid_effects: if opts.faults { 0.005 * chaos } else { 0.0 },
+            crash_mid_effects: if opts.faults { 0.002 * chaos } else { 0.0 },
             acceptor_down_ms: (10, rng.range(50, 2000)),
             proposer_down_ms: (10, rng.range(100, 3000)),
             fetch_delay_ms: (1, rng.range(2, 100)),

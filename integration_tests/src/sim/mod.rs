@@ -157,6 +157,8 @@ pub struct Summary {
     pub total: SeedReport,
     /// Reports of the seeds that broke an invariant, by seed.
     pub failures: Vec<SeedReport>,
+    /// Committed bytes of every seed, ascending (for percentiles).
+    pub committed: Vec<u64>,
 }
 
 impl Summary {
@@ -186,6 +188,17 @@ impl Summary {
         if r.violation.is_some() {
             self.failures.push(r.clone());
         }
+        self.committed.push(r.committed_bytes);
+    }
+
+    /// The `q`-quantile (0 to 1) of the bytes committed per seed.
+    pub fn committed_quantile(&self, q: f64) -> u64 {
+        let mut v = self.committed.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() - 1) as f64 * q).round() as usize]
     }
 }
 
@@ -209,6 +222,14 @@ impl fmt::Display for Summary {
             t.committed_bytes as f64 / 1048576.0,
             self.seeds_committing,
             self.seeds
+        )?;
+        writeln!(
+            f,
+            "committed per seed: min {} KiB, 10% {} KiB, median {} KiB, max {} KiB",
+            self.committed_quantile(0.0) >> 10,
+            self.committed_quantile(0.1) >> 10,
+            self.committed_quantile(0.5) >> 10,
+            self.committed_quantile(1.0) >> 10
         )?;
         writeln!(
             f,

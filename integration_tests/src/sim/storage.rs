@@ -253,7 +253,8 @@ impl MemStorage {
 
 /// The end of valid WAL: decode forward from `start` (a record boundary, normally the
 /// persisted commit_lsn) to the end of the last complete record, like the real
-/// `wal_storage::find_end_of_wal` (missing bytes end the WAL at `start`).
+/// `wal_storage::find_end_of_wal` (missing bytes end the WAL at `start`; an XLOG_SWITCH
+/// ends where its segment ends, once the padding is all there).
 pub fn find_end_of_wal(wal: &Rope, start: Lsn, cfg: DecoderConfig) -> Lsn {
     let mut end = start;
     if start < wal.start() || start >= wal.end() {
@@ -281,7 +282,10 @@ pub fn find_end_of_wal(wal: &Rope, start: Lsn, cfg: DecoderConfig) -> Lsn {
             }
         }
         if let Some(p) = pending.filter(|&p| p <= fed_end) {
-            end = p;
+            // `max`: records after the switch may have been decoded from this same chunk
+            // (a rope chunk can straddle the segment boundary; the real scan reads one
+            // segment file at a time, so there the switch always resolves first).
+            end = end.max(p);
             pending = None;
         }
     });

@@ -103,6 +103,17 @@ pub enum AcceptorError {
         /// What this acceptor computed.
         computed: Lsn,
     },
+    /// The elected proposer's start point lies beyond the end of this acceptor's WAL (the
+    /// histories have nothing in common); streaming from there would leave a hole.
+    #[error(
+        "ProposerElected asks to start streaming at {start}, beyond the end of WAL here ({flush}): the term histories have nothing in common"
+    )]
+    StartBeyondWal {
+        /// What the proposer sent.
+        start: Lsn,
+        /// End of this acceptor's WAL.
+        flush: Lsn,
+    },
     /// Truncation below committed WAL was requested.
     #[error(
         "ProposerElected would truncate committed WAL: start {start} is below commit_lsn {commit}"

@@ -368,9 +368,9 @@ impl Acceptor {
                 reply: Reply::None,
             });
         }
-        let mut effects = Vec::new();
-        self.flush_into(&mut effects);
-        let flush = self.wal.flush_lsn;
+        // The flush_lsn the flush below makes durable. The flush itself comes after the
+        // checks: a refusal discards the effects, so it must not have marked WAL flushed.
+        let flush = self.wal.write_record_lsn;
         let hcp = self
             .state
             .term_history
@@ -388,6 +388,13 @@ impl Acceptor {
                 commit: self.state.commit_lsn,
             });
         }
+        if flush.is_valid() && start > flush {
+            // Only possible when the histories have nothing in common: taking it would
+            // leave a hole of zeros inside the WAL this acceptor reports.
+            return Err(AcceptorError::StartBeyondWal { start, flush });
+        }
+        let mut effects = Vec::new();
+        self.flush_into(&mut effects);
         if !flush.is_valid() {
             let image = xlog::first_segment_image(
                 start,
@@ -500,10 +507,15 @@ impl Acceptor {
             ));
         };
         decoder.feed(data);
+        // Positions move only once the whole request decoded: on an error none of its
+        // bytes is written, so none of its records may count (a later flush would report
+        // them as durable WAL).
+        let mut record_end = self.wal.write_record_lsn;
+        let mut pending = self.wal.pending_record_end;
         loop {
             match decoder.next_record() {
-                Ok(Some(rec)) if rec.end_lsn <= end => self.wal.write_record_lsn = rec.end_lsn,
-                Ok(Some(rec)) => self.wal.pending_record_end = Some(rec.end_lsn),
+                Ok(Some(rec)) if rec.end_lsn <= end => record_end = rec.end_lsn,
+                Ok(Some(rec)) => pending = Some(rec.end_lsn),
                 Ok(None) => break,
                 Err(e) => {
                     self.wal.poisoned = true;
@@ -511,10 +523,12 @@ impl Acceptor {
                 }
             }
         }
-        if let Some(p) = self.wal.pending_record_end.filter(|&p| p <= end) {
-            self.wal.write_record_lsn = p;
-            self.wal.pending_record_end = None;
+        if let Some(p) = pending.filter(|&p| p <= end) {
+            record_end = p;
+            pending = None;
         }
+        self.wal.write_record_lsn = record_end;
+        self.wal.pending_record_end = pending;
         self.wal.write_lsn = end;
         Ok(())
     }

@@ -298,6 +298,48 @@ fn election_truncates_a_divergent_tail() {
 }
 
 #[test]
+fn refused_election_does_not_count_unflushed_wal_as_flushed() {
+    // WAL written, not yet flushed; a ProposerElected that is refused must not mark it
+    // flushed, or the next VoteResponse would report it without an fdatasync.
+    let mut a = elected();
+    let (data, ends) = wal(START, 2, 100);
+    append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    let err = elect(&mut a, 1, hist(&[(1, START)]), ends[0]).unwrap_err();
+    assert!(matches!(err, AcceptorError::StartMismatch { .. }), "{err}");
+    let out = vote(&mut a, 2);
+    assert_eq!(out.effects[0], Effect::FlushWal, "{out:?}");
+    let Reply::Now(AcceptorMessage::VoteResponse(v)) = out.reply else {
+        panic!("{out:?}")
+    };
+    assert_eq!(v.flush_lsn, ends[1]);
+}
+
+#[test]
+fn election_beyond_the_end_of_wal_is_refused() {
+    // Histories with nothing in common and a start past this acceptor's WAL: refused,
+    // nothing changes.
+    let mut a = elected();
+    let (data, ends) = wal(START, 2, 100);
+    append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    a.flush();
+    vote(&mut a, 2);
+    let beyond = Lsn(0x0100_4018);
+    let err = elect(&mut a, 2, hist(&[(2, beyond)]), beyond).unwrap_err();
+    assert_eq!(
+        err,
+        AcceptorError::StartBeyondWal {
+            start: beyond,
+            flush: ends[1]
+        }
+    );
+    assert_eq!((a.flush_lsn(), a.write_lsn()), (ends[1], ends[1]));
+    assert_eq!(a.state().term_history, hist(&[(1, START)]));
+    // Nothing in common but a start inside the WAL: a truncation, as before.
+    let out = elect(&mut a, 2, hist(&[(2, ends[0])]), ends[0]).unwrap();
+    assert_eq!(out.effects[0], Effect::TruncateWal { end: ends[0] });
+}
+
+#[test]
 fn stale_term_append_gets_a_term_only_response() {
     let mut a = elected();
     vote(&mut a, 3);
@@ -371,6 +413,25 @@ fn invalid_wal_poisons_the_tail_until_the_next_election() {
     let (good, _) = wal(START, 1, 100);
     let err = append(&mut a, 1, START, good, Lsn::INVALID).unwrap_err();
     assert_eq!(err, AcceptorError::WalPoisoned);
+}
+
+#[test]
+fn records_of_a_refused_request_never_count() {
+    // Two good records, then one with a bad CRC, in one request: nothing is written, so
+    // the next flush (here: the one a VoteRequest does) must not report the good two.
+    let mut a = elected();
+    let (data, _) = wal(START, 3, 100);
+    let mut bad = data.to_vec();
+    let last = bad.len() - 10;
+    bad[last] ^= 0xff;
+    let err = append(&mut a, 1, START, Bytes::from(bad), Lsn::INVALID).unwrap_err();
+    assert!(matches!(err, AcceptorError::InvalidWal(_)), "{err}");
+    let out = vote(&mut a, 2);
+    let Reply::Now(AcceptorMessage::VoteResponse(v)) = out.reply else {
+        panic!("{out:?}")
+    };
+    assert_eq!(v.flush_lsn, START);
+    assert_eq!(a.write_lsn(), START);
 }
 
 #[test]

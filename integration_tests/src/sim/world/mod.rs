@@ -269,7 +269,10 @@ impl World {
         }
         for (i, a) in self.acceptors.iter().enumerate() {
             if a.is_up() {
-                add(Event::CrashAcceptor(i), cfg.w_crash_acceptor);
+                // Crashes that lose unflushed bytes (or tear them) are the interesting ones.
+                let volatile = a.storage.end() > a.storage.durable_end();
+                let w = cfg.w_crash_acceptor * if volatile { 5.0 } else { 1.0 };
+                add(Event::CrashAcceptor(i), w);
             } else if a.restart_at <= now {
                 add(Event::RestartAcceptor(i), 5.0);
             }

@@ -155,12 +155,13 @@ impl World {
                 let history = self.proposers[p]
                     .proposer
                     .as_ref()
-                    .and_then(|pr| pr.history().map(describe::history))
-                    .unwrap_or_default();
+                    .and_then(|pr| pr.history());
                 self.log(|| {
-                    format!("{name} ELECTED term {term} at {term_start_lsn}, history {history}")
+                    let h = history.map(describe::history).unwrap_or_default();
+                    format!("{name} ELECTED term {term} at {term_start_lsn}, history {h}")
                 });
-                self.checker.on_elected(term, term_start_lsn, &name)?;
+                self.checker
+                    .on_elected(term, term_start_lsn, history, &name)?;
                 let src = Source::new(term, term_start_lsn)
                     .map_err(|e| Violation::new("TermStartIsRecordBoundary", e))?;
                 self.proposers[p].source = Some(src);
