@@ -71,6 +71,10 @@ pub type ConnReader = FramedReader<ReadHalf<TcpStream>>;
 /// The write half of a connection in a CopyBoth stream.
 pub type ConnWriter = FramedWriter<WriteHalf<TcpStream>>;
 
+/// How long a client may take to send its startup packet: a connection that never
+/// finishes it would otherwise hold a connection slot forever.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves one connection until the client leaves, a stream ends it, or shutdown.
 pub async fn handle(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), ClientError> {
     let mut conn = Framed::new(stream);
@@ -81,7 +85,13 @@ pub async fn handle(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), Client
             send_error(&mut conn, &ClientError::Shutdown).await;
             return Ok(());
         }
-        s = startup(&mut conn) => s?,
+        s = tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut conn)) => match s {
+            Ok(s) => s?,
+            Err(_) => {
+                tracing::info!("closing a connection that did not finish its startup in {STARTUP_TIMEOUT:?}");
+                return Ok(());
+            }
+        },
     };
     let Some(session) = session else {
         return Ok(());
