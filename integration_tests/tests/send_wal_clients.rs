@@ -18,7 +18,7 @@ use integration_tests::pg_tools::{
 };
 use integration_tests::real_wal::{RealWal, SEG};
 use integration_tests::sk::Safekeeper;
-use integration_tests::test_proposer::{Cluster, TestProposer};
+use integration_tests::test_proposer::Cluster;
 use send_wal_util::{
     CLUSTER, GEN_START, GenWal, append_with_commit, elected_proposer, heartbeat, new_ttid,
     wait_for_log,
@@ -53,7 +53,7 @@ fn pg_receivewal(
     if let Some(s) = slot {
         cmd.arg(format!("--slot={s}"));
     }
-    let o = run_unchecked(&mut cmd)?;
+    let o = output_within(&mut cmd, Duration::from_secs(60))?;
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     if !o.status.success() {
         bail!(
@@ -63,6 +63,36 @@ fn pg_receivewal(
         );
     }
     Ok(stderr)
+}
+
+/// Runs `cmd` to completion, killing it after `limit` (a hung client fails the test
+/// instead of hanging it).
+fn output_within(cmd: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn")?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped
+            // (the waiting thread is still blocked in wait).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let out = rx.recv().context("waiting for the killed child")??;
+            bail!(
+                "still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    }
 }
 
 /// A record start in segment `segno` near its middle, not right after a page header (so
@@ -112,8 +142,9 @@ async fn pg_receivewal_writes_segments_identical_to_the_primary() -> anyhow::Res
     ));
     assert!(partial_mid.exists(), "{log1}");
     // Second run: restarts at the start of the `.partial` segment (no slot) and goes on to
-    // commit_lsn.
-    let log2 = pg_receivewal(&sk, &ttid, out.path(), commit, None)?;
+    // commit_lsn. (pg_receivewal 15 stops once it has received data *beyond* --endpos,
+    // and nothing beyond commit_lsn ever comes, hence commit_lsn - 1.)
+    let log2 = pg_receivewal(&sk, &ttid, out.path(), Lsn(commit.0 - 1), None)?;
     let restart = Lsn((real.first_segno + 1) * u64::from(SEG));
     assert!(
         log2.contains(&format!("starting log streaming at {restart}")),
@@ -325,6 +356,25 @@ fn switch_wal(primary: &PgCluster) -> anyhow::Result<SegNo> {
     Ok(primary.current_wal_insert_lsn()?.segment_number(SEG) - 1)
 }
 
+/// Waits (bounded) until the row `id` of `t` is visible on the standby.
+async fn wait_for_row(standby: &Standby, sk: &Safekeeper, id: i32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if standby.psql(&format!("SELECT count(*) FROM t WHERE id = {id}"))? == "1" {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "row {id} committed on the primary never appeared on the standby\n\
+                 standby log:\n{}\nsafekeeper log:\n{}",
+                standby.log(),
+                sk.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_the_proposer()
 -> anyhow::Result<()> {
@@ -335,7 +385,7 @@ async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_t
     let (mut standby, backup_start) = Standby::basebackup(&primary)?;
     let first_segno = backup_start.segment_number(SEG);
     primary.psql("INSERT INTO t VALUES (1)")?;
-    let mut last_segno = switch_wal(&primary)?;
+    let last_segno = switch_wal(&primary)?;
 
     // The safekeeper's timeline starts at the first record of the segment holding the
     // backup's start; a proposer pushes the primary's WAL from there and commits it.
@@ -374,32 +424,25 @@ async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_t
         bail!("{e:#}\nsafekeeper log:\n{}", sk.log());
     }
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()")?, "t");
-    assert_eq!(standby.psql("SELECT count(*) FROM t")?, "1");
+    // Its walreceiver asked for the start of the timeline's first segment.
+    wait_for_log(
+        &sk,
+        &format!("app=\"standby1\" start={seg_start} stop=None mode=\"commit\""),
+        Duration::from_secs(5),
+    )
+    .await?;
+    // Open for queries once consistent; the row inserted after the backup follows.
+    wait_for_row(&standby, &sk, 1).await?;
 
     // A row committed on the primary becomes visible on the standby once its WAL is in
     // the safekeeper and committed.
     primary.psql("INSERT INTO t VALUES (42)")?;
     let new_last = switch_wal(&primary)?;
     let more = read_segments(&primary, last_segno + 1, new_last)?.freeze();
-    last_segno = new_last;
     p.push(Term(1), end, &more).await?;
     end = Lsn(end.0 + more.len() as u64);
     heartbeat(&mut p, Term(1), end, end).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if standby.psql("SELECT count(*) FROM t WHERE id = 42")? == "1" {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the row committed on the primary never appeared on the standby\n\
-                 standby log:\n{}\nsafekeeper log:\n{}",
-                standby.log(),
-                sk.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_row(&standby, &sk, 42).await?;
 
     // Hot-standby feedback: the standby's xmin shows up in the AppendResponses.
     let next_xid: u64 = primary.psql("SELECT txid_current()")?.trim().parse()?;
@@ -436,7 +479,6 @@ async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_t
     let flush: Lsn = row[4].parse()?;
     assert!(flush > start && flush <= end, "{status}");
     assert_ne!(row[6], "0", "{status}");
-    let _ = last_segno;
     drop(standby);
     Ok(())
 }
@@ -505,6 +547,5 @@ async fn psql_runs_the_walsender_commands_and_survives_start_replication() -> an
     // The proposer is unaffected.
     let r = heartbeat(&mut p, Term(1), end, end).await?;
     assert_eq!(r.flush_lsn, end);
-    let _: Option<TestProposer> = None;
     Ok(())
 }

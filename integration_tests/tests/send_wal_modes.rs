@@ -2,7 +2,8 @@
 //! test proposer and read by a raw replication client that checks every frame: commit
 //! mode never goes above commit_lsn, term mode ends on a term change, a stop LSN ends the
 //! stream cleanly, `0/0` is the tail, a timeline without WAL makes the reader wait, and
-//! the start/timeline errors say what is wrong.
+//! the start/timeline errors say what is wrong; shutdown ends every stream, even one to a
+//! client that stopped reading.
 
 mod send_wal_util;
 
@@ -11,7 +12,6 @@ use std::time::Duration;
 use integration_tests::real_wal::{SEG, read_wal_range};
 use integration_tests::sk::Safekeeper;
 use integration_tests::test_proposer::TestProposer;
-use pq_proto::backend::BeMessage;
 use pq_proto::proposer::ProtocolVersion;
 use send_wal_util::{
     CLUSTER, Frame, GEN_START, GenWal, ReplStream, append_with_commit, elected_proposer,
@@ -326,6 +326,49 @@ async fn bad_starts_are_errors_that_say_what_is_wrong() -> anyhow::Result<()> {
         .await?;
     let got = r.read_wal(GEN_START, wal.end(), T).await?;
     assert!(got == wal.wal, "WAL differs");
-    let _ = BeMessage::CopyDone;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_streams_even_to_a_client_that_stopped_reading() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut sk = start_sk(&dir)?;
+    let ttid = new_ttid();
+    let wal = GenWal::new(GEN_START, 24 << 20);
+    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, wal.end()).await?;
+    drop(p);
+    // One reader never reads: its sender ends up blocked on a full socket.
+    let stalled = ReplStream::start(
+        &sk,
+        Some(&ttid),
+        "stalled",
+        &format!("START_REPLICATION {GEN_START}"),
+    )
+    .await?;
+    // One reader is idle at the tail.
+    let mut idle = ReplStream::start(&sk, Some(&ttid), "idle", "START_REPLICATION 0/0").await?;
+    idle.expect_no_wal_for(Duration::from_millis(1200)).await?;
+    let status = sk.psql(Some(&ttid), "READER_STATUS")?;
+    assert_eq!(status.lines().count(), 2, "{status}");
+
+    let st = tokio::task::block_in_place(|| sk.stop())?;
+    assert!(st.success(), "exit status {st}");
+    let e = loop {
+        match idle.next(T).await {
+            Ok(Frame::Keepalive(_)) => continue,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => break e,
+        }
+    };
+    let f = error_fields(&e).unwrap_or_else(|| panic!("not a server error: {e:#}"));
+    assert_eq!(f.code.as_str(), "57P01", "{}", f.message);
+    let log = send_wal_util::plain_log(&sk);
+    assert!(
+        log.contains("app=\"stalled\" end=")
+            && log.contains("replication stream ended: terminating connection"),
+        "{log}"
+    );
+    drop(stalled);
     Ok(())
 }

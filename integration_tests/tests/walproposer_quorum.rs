@@ -88,11 +88,11 @@ fn generate_through_a_kill_then_sync() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let killed_at = loop {
         ensure!(Instant::now() < deadline, "no progress before the kill");
-        if let Ok(st) = sks[1].timeline_status(&ttid) {
-            if st.flush_lsn.0 > 0x0100_0000 + total / 3 {
-                sks[1].kill()?;
-                break st.flush_lsn;
-            }
+        if let Ok(st) = sks[1].timeline_status(&ttid)
+            && st.flush_lsn.0 > 0x0100_0000 + total / 3
+        {
+            sks[1].kill()?;
+            break st.flush_lsn;
         }
         std::thread::sleep(Duration::from_millis(50));
     };

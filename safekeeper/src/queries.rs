@@ -223,11 +223,11 @@ fn show(ctx: &ServerCtx, session: &Session, name: &str) -> Result<String, Client
 /// Formats a byte size the way `SHOW wal_segment_size` does ("16MB", "1GB").
 fn format_size(bytes: u32) -> String {
     const MB: u32 = 1024 * 1024;
-    if bytes % (1024 * MB) == 0 {
+    if bytes.is_multiple_of(1024 * MB) {
         format!("{}GB", bytes / (1024 * MB))
-    } else if bytes % MB == 0 {
+    } else if bytes.is_multiple_of(MB) {
         format!("{}MB", bytes / MB)
-    } else if bytes % 1024 == 0 {
+    } else if bytes.is_multiple_of(1024) {
         format!("{}kB", bytes / 1024)
     } else {
         format!("{bytes}B")

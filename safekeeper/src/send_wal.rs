@@ -12,7 +12,8 @@
 //! The sender waits on the timeline's watch channel (never a polling sleep), sends
 //! XLogData of at most MAX_SEND_SIZE that never cross a segment boundary, and a keepalive
 //! asking for a reply after a second without sending anything. A separate task reads the
-//! client's `r`/`h`/`z` replies into the timeline's feedback table.
+//! client's `r`/`h`/`z` replies into the timeline's feedback table. Streams run on a
+//! runtime of their own (see `sender_runtime` for why).
 //!
 //! Must never: send a byte above commit_lsn without a term, or buffer more than one chunk
 //! per stream. A slow client only slows its own stream: the sender flushes every frame
@@ -20,7 +21,7 @@
 //! socket buffers, and reads from disk at the client's pace; ingest never waits for it
 //! (the watch channels are written without waiting for receivers).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -33,6 +34,7 @@ use pq_proto::replication::{
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use utils::{Lsn, Term};
 
@@ -40,11 +42,14 @@ use crate::command::StartReplication;
 use crate::errors::ClientError;
 use crate::feedback::Feedback;
 use crate::handler::{Conn, ConnReader, ConnWriter, ServerCtx, Session};
-use crate::timeline::{FlushState, Timeline};
+use crate::timeline::{FlushState, Timeline, TimelineError};
 use crate::wal_reader::WalReader;
 
 /// How long a stream may be idle before a keepalive asks for a reply.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the final ErrorResponse of a stream may take to go out.
+const ERROR_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long to wait for the client's CopyDone after ours at a stop point.
 const COPY_DONE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -84,7 +89,7 @@ pub async fn run(
     }));
     conn.flush().await?;
     let ttid = tl.ttid;
-    let app = session.app_name.as_str();
+    let app = session.app_name.clone();
     let mode = if args.term.is_some() {
         "term"
     } else {
@@ -93,21 +98,16 @@ pub async fn run(
     tracing::info!(%ttid, app, start = %args.start, stop = ?args.stop.map(|l| l.to_string()),
         mode, term = ?args.term, "replication stream started");
 
-    let (reader, mut writer) = conn.split();
-    let guard = tl.feedback.register(app);
-    let mut replies: ReplyTask =
-        AbortOnDropHandle::new(tokio::spawn(read_replies(reader, tl.clone(), guard.id)));
-    let mut sender = Sender {
-        w: &mut writer,
-        tl: &tl,
-        term: args.term,
-        reader_id: guard.id,
-        pos: args.start,
-        last_sent: Instant::now(),
-    };
-    let result = sender.stream(ctx, &args, &mut replies).await;
-    let pos = sender.pos;
-    drop(guard);
+    let (reader, writer) = conn.split();
+    let job = serve(reader, writer, tl, args, app.clone(), ctx.shutdown.clone());
+    // Owned: dropping this connection's task (shutdown) aborts the stream too.
+    let handle = AbortOnDropHandle::new(match sender_runtime() {
+        Some(rt) => rt.spawn(job),
+        None => tokio::spawn(job),
+    });
+    let (mut writer, result, pos) = handle
+        .await
+        .map_err(|e| ClientError::Unexpected(format!("WAL sender task failed: {e}")))?;
     match result {
         Ok(End::Done(reader)) => {
             let mut conn = reader.unsplit(writer);
@@ -123,11 +123,61 @@ pub async fn run(
         }
         Err(e) => {
             tracing::info!(%ttid, app, end = %pos, "replication stream ended: {e}");
+            // Bounded: a client that does not read must not hold the connection open.
             writer.write_be(&BeMessage::ErrorResponse(e.to_fields()));
-            let _ = writer.flush().await;
+            let _ = tokio::time::timeout(ERROR_FLUSH_TIMEOUT, writer.flush()).await;
             Ok(None)
         }
     }
+}
+
+/// Senders run on a runtime of their own. On one shared runtime, the proposer's network
+/// tasks queue behind every sender woken by the same commit (50 readers × a 128 KiB write
+/// each, per AppendRequest round trip: ingest dropped to a few percent of its rate in
+/// the 50-reader test). On their own threads, the OS scheduler shares the CPU between
+/// ingest and senders instead, and a proposer that wakes up runs at once. `None` if the
+/// runtime could not be built (then senders share the caller's runtime).
+fn sender_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("wal-sender")
+                .enable_all()
+                .build()
+                .map_err(|e| tracing::error!("cannot build the WAL sender runtime: {e}"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The stream itself, with everything it needs owned (it runs on the sender runtime):
+/// registers the reader, runs the reply task and the sender, and hands back the write
+/// half, how the stream ended and where it was.
+async fn serve(
+    reader: ConnReader,
+    mut writer: ConnWriter,
+    tl: Arc<Timeline>,
+    args: StartReplication,
+    app: String,
+    shutdown: CancellationToken,
+) -> (ConnWriter, Result<End, ClientError>, Lsn) {
+    let guard = tl.feedback.register(&app);
+    let mut replies: ReplyTask =
+        AbortOnDropHandle::new(tokio::spawn(read_replies(reader, tl.clone(), guard.id)));
+    let mut sender = Sender {
+        w: &mut writer,
+        tl: &tl,
+        shutdown: &shutdown,
+        term: args.term,
+        reader_id: guard.id,
+        pos: args.start,
+        last_sent: Instant::now(),
+    };
+    let result = sender.stream(&args, &mut replies).await;
+    let pos = sender.pos;
+    drop(guard);
+    (writer, result, pos)
 }
 
 /// Checks made before the stream starts (their errors leave the connection usable).
@@ -137,22 +187,21 @@ fn prepare(
     args: &StartReplication,
 ) -> Result<Arc<Timeline>, ClientError> {
     let tl = ctx.timelines.get(&session.timeline(ctx)?)?;
-    if let Some(n) = args.timeline {
-        if n != 1 {
-            return Err(ClientError::WalUnavailable(format!(
-                "requested starting point {} on timeline {n} is not in this server's history: \
-                 only PostgreSQL timeline 1 exists here",
-                args.start
-            )));
-        }
+    if let Some(n) = args.timeline.filter(|&n| n != 1) {
+        return Err(ClientError::WalUnavailable(format!(
+            "requested starting point {} on timeline {n} is not in this server's history: \
+             only PostgreSQL timeline 1 exists here",
+            args.start
+        )));
     }
-    if let (Some(stop), true) = (args.stop, args.start.is_valid()) {
-        if stop < args.start {
-            return Err(ClientError::WalUnavailable(format!(
-                "stop point {stop} is before the starting point {}",
-                args.start
-            )));
-        }
+    if let Some(stop) = args
+        .stop
+        .filter(|&s| args.start.is_valid() && s < args.start)
+    {
+        return Err(ClientError::WalUnavailable(format!(
+            "stop point {stop} is before the starting point {}",
+            args.start
+        )));
     }
     check_start(&tl, args.start)?;
     Ok(tl)
@@ -197,6 +246,7 @@ enum Wake {
 struct Sender<'a> {
     w: &'a mut ConnWriter,
     tl: &'a Arc<Timeline>,
+    shutdown: &'a CancellationToken,
     term: Option<Term>,
     reader_id: u64,
     /// Next LSN to send.
@@ -222,7 +272,6 @@ impl Sender<'_> {
 
     async fn stream(
         &mut self,
-        ctx: &ServerCtx,
         args: &StartReplication,
         replies: &mut ReplyTask,
     ) -> Result<End, ClientError> {
@@ -236,6 +285,9 @@ impl Sender<'_> {
             // were busy sending is noticed here, not only when idle.
             if replies.is_finished() {
                 return self.client_ended(replies.await).await;
+            }
+            if self.shutdown.is_cancelled() {
+                return Err(ClientError::Shutdown);
             }
             // Mark the current values seen before reading them: a change after this
             // point wakes the wait below.
@@ -269,19 +321,22 @@ impl Sender<'_> {
                     .update(self.reader_id, |f| f.sent_lsn = pos);
                 continue;
             }
-            match self
-                .wait(&mut commit_rx, &mut flush_rx, ctx, replies)
-                .await?
-            {
+            match self.wait(&mut commit_rx, &mut flush_rx, replies).await? {
                 Wake::Changed => {}
                 Wake::Idle => {
+                    // A timeline broken by a storage error is replaced by a reloaded copy
+                    // whose watches this stream does not see: end it, so that the client
+                    // reconnects to the new one instead of waiting here for ever.
+                    if self.tl.is_broken() {
+                        return Err(TimelineError::Broken(self.tl.ttid).into());
+                    }
                     ReplicationServerMessage::Keepalive(PrimaryKeepalive {
                         wal_end: end,
                         send_time: pg_timestamp_now(),
                         reply_requested: true,
                     })
                     .encode_frame(self.w.write_buf());
-                    self.w.flush().await?;
+                    self.flush().await?;
                     self.last_sent = Instant::now();
                 }
                 Wake::ClientEnded(r) => return self.client_ended(Ok(Ok(r))).await,
@@ -311,7 +366,7 @@ impl Sender<'_> {
         *slot = Some(r);
         *self.w.write_buf() = out;
         let sent = res?;
-        self.w.flush().await?;
+        self.flush().await?;
         self.last_sent = Instant::now();
         Ok(sent)
     }
@@ -320,7 +375,6 @@ impl Sender<'_> {
         &self,
         commit_rx: &mut watch::Receiver<Lsn>,
         flush_rx: &mut watch::Receiver<FlushState>,
-        ctx: &ServerCtx,
         replies: &mut ReplyTask,
     ) -> Result<Wake, ClientError> {
         let term = self.term;
@@ -338,7 +392,7 @@ impl Sender<'_> {
         // All branches are cancel-safe: watch `changed`, a JoinHandle, a sleep and a
         // cancellation token can be dropped and polled again without losing anything.
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => Err(ClientError::Shutdown),
+            _ = self.shutdown.cancelled() => Err(ClientError::Shutdown),
             r = replies => match r {
                 Ok(Ok(reader)) => Ok(Wake::ClientEnded(reader)),
                 Ok(Err(e)) => Err(e),
@@ -367,14 +421,29 @@ impl Sender<'_> {
     /// Ends the stream at the stop point: CopyDone, then wait (bounded) for the client's.
     async fn finish(&mut self, replies: &mut ReplyTask) -> Result<End, ClientError> {
         self.w.write_be(&BeMessage::CopyDone);
-        self.w.flush().await?;
-        match tokio::time::timeout(COPY_DONE_TIMEOUT, replies).await {
+        self.flush().await?;
+        let waited = tokio::select! {
+            r = tokio::time::timeout(COPY_DONE_TIMEOUT, replies) => r,
+            _ = self.shutdown.cancelled() => return Err(ClientError::Shutdown),
+        };
+        match waited {
             Ok(Ok(Ok(Some(reader)))) => Ok(End::Done(reader)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Ok(Ok(None)) | Err(_)) => Ok(End::Closed),
             Err(_) => Err(ClientError::Unexpected(format!(
                 "no CopyDone from the client within {COPY_DONE_TIMEOUT:?} after the stop point"
             ))),
+        }
+    }
+
+    /// Sends what is buffered. Gives up at shutdown, so that a client that stopped reading
+    /// cannot keep the server from exiting (a cancelled flush leaves the unsent rest
+    /// buffered, so the stream stays well-formed; see `pq_proto::framed`).
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        let shutdown = self.shutdown;
+        tokio::select! {
+            r = self.w.flush() => Ok(r?),
+            _ = shutdown.cancelled() => Err(ClientError::Shutdown),
         }
     }
 }

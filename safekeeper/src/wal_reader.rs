@@ -73,3 +73,49 @@ impl WalReader {
         self.open = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utils::xlog::xlog_file_name;
+
+    const SEG: u32 = 1 << 20;
+
+    fn segment(fill: u8) -> Vec<u8> {
+        (0..SEG).map(|i| fill.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn reads_stop_at_the_segment_end_and_prefer_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = |segno| xlog_file_name(1, segno, SEG);
+        std::fs::write(dir.path().join(name(1)), segment(1)).unwrap();
+        // Segment 2 exists both ways (a rename in progress): `.partial` wins.
+        std::fs::write(dir.path().join(name(2)), segment(0)).unwrap();
+        std::fs::write(dir.path().join(format!("{}.partial", name(2))), segment(2)).unwrap();
+        let mut r = WalReader::new(dir.path().to_path_buf(), SEG);
+
+        let near_end = Lsn(2 * u64::from(SEG) - 10);
+        let got = r.read(near_end, 100).unwrap().to_vec();
+        assert_eq!(got, segment(1)[SEG as usize - 10..]);
+        let got = r.read(Lsn(2 * u64::from(SEG) + 5), 3).unwrap().to_vec();
+        assert_eq!(got, segment(2)[5..8]);
+
+        let e = r.read(Lsn(3 * u64::from(SEG)), 8).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains(&name(3)), "{e}");
+    }
+
+    #[test]
+    fn a_short_file_is_an_error_not_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir
+            .path()
+            .join(format!("{}.partial", xlog_file_name(1, 1, SEG)));
+        std::fs::write(&path, [7u8; 100]).unwrap();
+        let mut r = WalReader::new(dir.path().to_path_buf(), SEG);
+        assert_eq!(r.read(Lsn(u64::from(SEG) + 90), 10).unwrap(), [7u8; 10]);
+        let e = r.read(Lsn(u64::from(SEG) + 90), 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

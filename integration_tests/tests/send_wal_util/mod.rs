@@ -375,17 +375,37 @@ pub fn check_xlog_data(x: &XLogData, expected: Lsn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (bounded) until `cond` holds on the safekeeper's log.
+/// The safekeeper's log without terminal colour codes.
+pub fn plain_log(sk: &Safekeeper) -> String {
+    let log = sk.log();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until the safekeeper's log (colour codes removed) contains `what`.
 pub async fn wait_for_log(sk: &Safekeeper, what: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if sk.log().contains(what) {
+        if plain_log(sk).contains(what) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
                 "the safekeeper log has no {what:?} after {timeout:?}; log:\n{}",
-                sk.log()
+                plain_log(sk)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
