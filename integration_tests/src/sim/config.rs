@@ -106,7 +106,8 @@ pub struct SimOptions {
     /// Also drop, duplicate and reorder single messages inside a connection (a stream
     /// that lies); the acceptor must refuse such a stream.
     pub silent_faults: bool,
-    /// Also flip a byte of the WAL inside an AppendRequest (a buggy or corrupted proposer).
+    /// Also flip a bit inside a record of an AppendRequest in flight (a buggy or corrupted
+    /// proposer); the acceptor must refuse the record and report nothing of it.
     pub corrupt_faults: bool,
     /// The acceptor variant to run.
     pub mutation: Mutation,
@@ -115,6 +116,9 @@ pub struct SimOptions {
     pub aux_checks: bool,
     /// Print every event.
     pub verbose: bool,
+    /// Steps after the faulty phase in which faults stop and the proposer must commit
+    /// what it holds (0: no liveness check).
+    pub settle_steps: u64,
     /// Let the source outrun the proposer's window (shows the proposer dropping WAL no
     /// safekeeper holds, then stalling).
     pub unbounded_source: bool,
@@ -128,10 +132,11 @@ impl Default for SimOptions {
             steps: 8000,
             faults: true,
             silent_faults: true,
-            corrupt_faults: false,
+            corrupt_faults: true,
             mutation: Mutation::None,
             aux_checks: true,
             verbose: false,
+            settle_steps: 3000,
             unbounded_source: false,
             proposers: None,
         }
@@ -197,11 +202,12 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The configuration of `seed` under `opts`.
+    /// The configuration of `seed` under `opts`. Every value is drawn whatever the
+    /// options, and the options then switch things off: a seed keeps its shape (sizes,
+    /// delays, windows) when a fault class is turned off for its replay.
     pub fn from_seed(rng: &mut SimRng, opts: &SimOptions) -> Self {
-        let n_proposers = opts
-            .proposers
-            .unwrap_or_else(|| if rng.chance(0.3) { 2 } else { 1 });
+        let two_proposers = rng.chance(0.3);
+        let n_proposers = opts.proposers.unwrap_or(if two_proposers { 2 } else { 1 });
         // Start on the first page, a middle page or the last page of segment 1: the last
         // makes every run cross a segment boundary within its first few KiB.
         let page = rng.pick(&[0u64, 1, 37, u64::from(SEG_SIZE) / XLOG_BLCKSZ as u64 - 1]);
@@ -212,18 +218,12 @@ impl SimConfig {
         } as u64;
         let timeline_start =
             Lsn(u64::from(SEG_SIZE) + page * XLOG_BLCKSZ as u64 + header + 8 * rng.range(0, 3));
-        let chaos = rng.pick(&[0.0, 0.5, 1.0, 1.0, 2.0, 4.0]);
-        let f = if opts.faults { chaos } else { 0.0 };
-        let silent = if opts.faults && opts.silent_faults {
-            rng.pick(&[0.0, 0.0, 0.05, 0.2])
-        } else {
-            0.0
-        };
-        let corrupt = if opts.faults && opts.corrupt_faults {
-            rng.pick(&[0.02, 0.1])
-        } else {
-            0.0
-        };
+        let faults = |on: bool, v: f64| if opts.faults && on { v } else { 0.0 };
+        let chaos = faults(true, rng.pick(&[0.0, 0.5, 1.0, 1.0, 2.0, 4.0]));
+        let silent = faults(opts.silent_faults, rng.pick(&[0.0, 0.0, 0.05, 0.2]));
+        let corrupt = faults(opts.corrupt_faults, rng.pick(&[0.0, 0.02, 0.1]));
+        let connect_fail = faults(true, rng.pick(&[0.0, 0.05, 0.3]));
+        let fetch_fail = faults(true, rng.pick(&[0.0, 0.1]));
         let max_window = rng.pick(&[64 << 10, 256 << 10, 8 << 20]);
         let net_max = rng.range(2, 40);
         SimConfig {
@@ -231,27 +231,19 @@ impl SimConfig {
             timeline_start,
             max_step_ms: rng.range(2, 15),
             net_delay_ms: (1, net_max),
-            connect_fail: if opts.faults {
-                rng.pick(&[0.0, 0.05, 0.3])
-            } else {
-                0.0
-            },
+            connect_fail,
             send_window: rng.pick(&[2, 8, 32]),
-            w_crash_acceptor: 0.01 * f,
-            w_crash_proposer: 0.01 * f,
-            w_break_conn: 0.01 * f,
+            w_crash_acceptor: 0.01 * chaos,
+            w_crash_proposer: 0.01 * chaos,
+            w_break_conn: 0.01 * chaos,
             w_silent: silent,
             w_corrupt: corrupt,
             torn_write: rng.pick(&[0.0, 0.5, 0.9]),
-            crash_mid_effects: if opts.faults { 0.002 * chaos } else { 0.0 },
+            crash_mid_effects: 0.002 * chaos,
             acceptor_down_ms: (10, rng.range(50, 2000)),
             proposer_down_ms: (10, rng.range(100, 3000)),
             fetch_delay_ms: (1, rng.range(2, 100)),
-            fetch_fail: if opts.faults {
-                rng.pick(&[0.0, 0.1])
-            } else {
-                0.0
-            },
+            fetch_fail,
             max_append: rng.pick(&[8 << 10, 32 << 10, 128 << 10]),
             max_window,
             heartbeat_ms: rng.range(100, 1000),

@@ -74,6 +74,9 @@ pub struct SeedReport {
     pub fetches_ok: u64,
     /// Donor fetches failed.
     pub fetches_failed: u64,
+    /// Set if the proposer had not committed what it holds by the end of the calm phase
+    /// (a liveness failure), with its state.
+    pub stalled: Option<String>,
     /// The first broken invariant, and the step it was seen at.
     pub violation: Option<(u64, Violation)>,
 }
@@ -107,6 +110,9 @@ pub fn replay_command(seed: u64, opts: &SimOptions) -> String {
             " SK_SIM_CORRUPT={}",
             u8::from(opts.corrupt_faults)
         ));
+    }
+    if opts.settle_steps != defaults.settle_steps {
+        env.push_str(&format!(" SK_SIM_SETTLE={}", opts.settle_steps));
     }
     if opts.aux_checks != defaults.aux_checks {
         env.push_str(&format!(" SK_SIM_AUX={}", u8::from(opts.aux_checks)));
@@ -157,8 +163,10 @@ pub struct Summary {
     pub total: SeedReport,
     /// Reports of the seeds that broke an invariant, by seed.
     pub failures: Vec<SeedReport>,
-    /// Committed bytes of every seed, ascending (for percentiles).
-    pub committed: Vec<u64>,
+    /// Seeds whose proposer stalled after the faults stopped.
+    pub stalled: Vec<SeedReport>,
+    /// Every seed's report, by seed.
+    pub reports: Vec<SeedReport>,
 }
 
 impl Summary {
@@ -188,12 +196,15 @@ impl Summary {
         if r.violation.is_some() {
             self.failures.push(r.clone());
         }
-        self.committed.push(r.committed_bytes);
+        self.reports.push(r.clone());
+        if r.stalled.is_some() {
+            self.stalled.push(r.clone());
+        }
     }
 
     /// The `q`-quantile (0 to 1) of the bytes committed per seed.
     pub fn committed_quantile(&self, q: f64) -> u64 {
-        let mut v = self.committed.clone();
+        let mut v: Vec<u64> = self.reports.iter().map(|r| r.committed_bytes).collect();
         v.sort_unstable();
         if v.is_empty() {
             return 0;
@@ -247,9 +258,10 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "donor fetches: {} served, {} failed; violations {}",
+            "donor fetches: {} served, {} failed; stalled after the faults stopped {}; violations {}",
             t.fetches_ok,
             t.fetches_failed,
+            self.stalled.len(),
             self.failures.len()
         )
     }

@@ -168,31 +168,33 @@ impl Network {
 
     /// The proposer sends `msg`; lost if the safekeeper end is gone (a reset).
     pub fn send_to_acceptor(&mut self, id: ConnId, msg: ProposerMessage, at: u64) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            if c.proposer_open && c.acceptor_open {
-                push(&mut c.to_acceptor, at, ToAcceptor::Msg(msg));
-            }
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.proposer_open
+            && c.acceptor_open
+        {
+            push(&mut c.to_acceptor, at, ToAcceptor::Msg(msg));
         }
     }
 
     /// The safekeeper sends `msg`; lost if the proposer end is gone.
     pub fn send_to_proposer(&mut self, id: ConnId, msg: AcceptorMessage, at: u64) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            if c.proposer_open && c.acceptor_open {
-                push(&mut c.to_proposer, at, ToProposer::Msg(msg));
-            }
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.proposer_open
+            && c.acceptor_open
+        {
+            push(&mut c.to_proposer, at, ToProposer::Msg(msg));
         }
     }
 
     /// The proposer closes its end (or dies): what it sent still arrives, then EOF.
     pub fn close_by_proposer(&mut self, id: ConnId, at: u64) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            if c.proposer_open {
-                c.proposer_open = false;
-                c.to_proposer.clear();
-                if c.acceptor_open {
-                    push(&mut c.to_acceptor, at, ToAcceptor::Eof);
-                }
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.proposer_open
+        {
+            c.proposer_open = false;
+            c.to_proposer.clear();
+            if c.acceptor_open {
+                push(&mut c.to_acceptor, at, ToAcceptor::Eof);
             }
         }
         self.gc(id);
@@ -202,15 +204,15 @@ impl Network {
     /// arrives, then the proposer sees the close. Returns true if the end was open.
     pub fn close_by_acceptor(&mut self, id: ConnId, at: u64) -> bool {
         let mut was_open = false;
-        if let Some(c) = self.conns.get_mut(&id) {
-            if c.acceptor_open {
-                was_open = true;
-                c.acceptor_open = false;
-                c.owed = false;
-                c.to_acceptor.clear();
-                if c.proposer_open {
-                    push(&mut c.to_proposer, at, ToProposer::Closed);
-                }
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.acceptor_open
+        {
+            was_open = true;
+            c.acceptor_open = false;
+            c.owed = false;
+            c.to_acceptor.clear();
+            if c.proposer_open {
+                push(&mut c.to_proposer, at, ToProposer::Closed);
             }
         }
         self.gc(id);
@@ -237,10 +239,12 @@ impl Network {
 
     /// Removes a connection both ends are done with.
     pub fn gc(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.get(&id) {
-            if !c.proposer_open && !c.acceptor_open {
-                self.conns.remove(&id);
-            }
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| !c.proposer_open && !c.acceptor_open)
+        {
+            self.conns.remove(&id);
         }
     }
 

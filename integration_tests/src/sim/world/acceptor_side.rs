@@ -15,6 +15,8 @@ use crate::sim::network::{ConnId, ToAcceptor};
 use crate::sim::storage::WriteOutcome;
 
 impl World {
+    /// Delivers the next packet of `id` to its safekeeper: EOF ends the connection (with
+    /// the server's checkpoint); a message is stepped and its output performed.
     pub(super) fn deliver_to_acceptor(&mut self, id: ConnId) -> Step {
         let Some(body) = self.net.pop_to_acceptor(id, self.now) else {
             return Ok(());
@@ -65,6 +67,7 @@ impl World {
         Ok(())
     }
 
+    /// Group commit: the owed AppendResponse of `id`, after one flush.
     pub(super) fn flush(&mut self, id: ConnId) -> Step {
         let Some(c) = self.net.get_mut(id) else {
             return Ok(());
@@ -131,6 +134,7 @@ impl World {
         }
     }
 
+    /// Sends a reply on the connection the message came on (after checking what it claims).
     pub(super) fn reply(&mut self, sk: usize, id: ConnId, msg: AcceptorMessage) -> Step {
         let durable = self.acceptors[sk].durable_wal_end();
         self.checker.on_reply(sk, &msg, durable)?;
@@ -140,6 +144,7 @@ impl World {
         Ok(())
     }
 
+    /// Kills safekeeper `sk`: its connections close, unflushed bytes are lost or torn.
     pub(super) fn crash_acceptor(&mut self, sk: usize) {
         self.report.acceptor_crashes += 1;
         for id in self.net.ids() {
@@ -170,6 +175,7 @@ impl World {
         });
     }
 
+    /// Restarts safekeeper `sk` from its disk.
     pub(super) fn restart_acceptor(&mut self, sk: usize) -> Step {
         let flush = self.acceptors[sk].restart();
         self.report.acceptor_restarts += 1;

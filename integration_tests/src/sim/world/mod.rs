@@ -12,7 +12,6 @@
 mod acceptor_side;
 mod proposer_side;
 
-use utils::Lsn;
 use walproposer::proposer::Input;
 
 use super::SeedReport;
@@ -108,10 +107,69 @@ impl World {
                 break;
             }
         }
+        if self.report.violation.is_none() && self.opts.settle_steps > 0 {
+            self.settle(until);
+        }
         self.report.steps = self.step;
         self.report.virtual_ms = self.now;
         self.report.committed_bytes = self.checker.max_commit().0 - self.cfg.timeline_start.0;
         self.report
+    }
+
+    /// The liveness check: faults stop, the second compute goes away for good, down nodes
+    /// come back; within `settle_steps` the remaining proposer must be elected and have
+    /// committed all the WAL it holds. A run that does not get there is reported in
+    /// [`SeedReport::stalled`] (not a safety violation).
+    fn settle(&mut self, until: impl Fn(&World) -> bool) {
+        let c = &mut self.cfg;
+        c.w_crash_acceptor = 0.0;
+        c.w_crash_proposer = 0.0;
+        c.w_break_conn = 0.0;
+        c.w_silent = 0.0;
+        c.w_corrupt = 0.0;
+        c.connect_fail = 0.0;
+        c.crash_mid_effects = 0.0;
+        c.fetch_fail = 0.0;
+        for p in 1..self.proposers.len() {
+            if self.proposers[p].is_up() {
+                self.stop_proposer(p, "is retired");
+            }
+            self.proposers[p].restart_at = u64::MAX;
+        }
+        self.log(|| "faults stop; waiting for the proposer to commit what it holds".into());
+        let deadline = self.step + self.opts.settle_steps;
+        while self.step < deadline {
+            if let Err(v) = self.step() {
+                self.log(|| format!("VIOLATION {}: {}", v.invariant, v.details));
+                self.report.violation = Some((self.step, v));
+                return;
+            }
+            if self.settled() || until(self) {
+                return;
+            }
+        }
+        let p = &self.proposers[0];
+        let state = match &p.proposer {
+            None => "down".to_string(),
+            Some(pr) => format!(
+                "term {}, elected {}, commit {}, end of WAL {}",
+                pr.term(),
+                pr.term_start_lsn().is_some(),
+                pr.commit_lsn(),
+                pr.end_lsn()
+            ),
+        };
+        self.log(|| format!("STALLED: {} {state}", p.name()));
+        self.report.stalled = Some(format!("{} {state}", p.name()));
+    }
+
+    /// True if proposer 0 is elected and has committed everything it holds.
+    fn settled(&self) -> bool {
+        self.proposers[0].proposer.as_ref().is_some_and(|pr| {
+            pr.term_start_lsn().is_some()
+                && pr.commit_lsn().is_valid()
+                && pr.commit_lsn() >= pr.end_lsn()
+        })
     }
 
     /// True once the sources generated their whole budget and all of it is committed.
@@ -122,18 +180,6 @@ impl World {
                     .as_ref()
                     .is_some_and(|pr| pr.commit_lsn() == pr.end_lsn())
             })
-    }
-
-    /// Highest commit_lsn any proposer reported, and the end of WAL the live proposers
-    /// hold.
-    pub fn commit_and_end(&self) -> (Lsn, Lsn) {
-        let end = self
-            .proposers
-            .iter()
-            .filter_map(|p| p.proposer.as_ref().map(|pr| pr.end_lsn()))
-            .max()
-            .unwrap_or_default();
-        (self.checker.max_commit(), end)
     }
 
     fn log(&self, f: impl FnOnce() -> String) {
@@ -187,7 +233,7 @@ impl World {
         let p_restarts = self
             .proposers
             .iter()
-            .filter(|p| !p.is_up())
+            .filter(|p| !p.is_up() && p.restart_at != u64::MAX)
             .map(|p| p.restart_at);
         let a_restarts = self
             .acceptors
@@ -251,12 +297,11 @@ impl World {
             match &p.proposer {
                 Some(pr) => {
                     add(Event::Tick(i), 1.0);
-                    if let Some(src) = &p.source {
-                        if self.report.generated_bytes < cfg.wal_budget
-                            && self.source_room(pr, src) >= 2048
-                        {
-                            add(Event::Source(i), 3.0);
-                        }
+                    if let Some(src) = &p.source
+                        && self.report.generated_bytes < cfg.wal_budget
+                        && self.source_room(pr, src) >= 2048
+                    {
+                        add(Event::Source(i), 3.0);
                     }
                     if p.fetch.is_some_and(|f| f.ready_at <= now) {
                         add(Event::FetchDone(i), 10.0);
@@ -269,9 +314,15 @@ impl World {
         }
         for (i, a) in self.acceptors.iter().enumerate() {
             if a.is_up() {
-                // Crashes that lose unflushed bytes (or tear them) are the interesting ones.
+                // Crashes that lose something are the interesting ones: unflushed bytes
+                // (maybe torn), or a term or history not yet in the control file (a
+                // correct acceptor has none of the latter between steps).
                 let volatile = a.storage.end() > a.storage.durable_end();
-                let w = cfg.w_crash_acceptor * if volatile { 5.0 } else { 1.0 };
+                let unpersisted = a.acceptor.as_ref().is_some_and(|acc| {
+                    acc.term() != a.control.term
+                        || acc.state().term_history != a.control.term_history
+                });
+                let w = cfg.w_crash_acceptor * if volatile || unpersisted { 5.0 } else { 1.0 };
                 add(Event::CrashAcceptor(i), w);
             } else if a.restart_at <= now {
                 add(Event::RestartAcceptor(i), 5.0);

@@ -16,6 +16,8 @@ use crate::sim::network::{ConnId, ToProposer};
 use crate::sim::proposer_node::{Fetch, Source};
 
 impl World {
+    /// Delivers the next packet of `id` to its proposer, if that connection is still the
+    /// proposer's current one.
     pub(super) fn deliver_to_proposer(&mut self, id: ConnId) -> Step {
         let Some(body) = self.net.pop_to_proposer(id, self.now) else {
             return Ok(());
@@ -53,6 +55,7 @@ impl World {
         self.feed(p, input)
     }
 
+    /// Hands `input` to proposer `p` and performs what it outputs.
     pub(super) fn feed(&mut self, p: usize, input: Input) -> Step {
         let now = self.now;
         if let Some(pr) = self.proposers[p].proposer.as_mut() {
@@ -85,6 +88,7 @@ impl World {
         self.process_outputs(p)
     }
 
+    /// Sends `m` on proposer `p`'s current connection to `sk` (lost if there is none).
     pub(super) fn send(&mut self, p: usize, sk: usize, m: ProposerMessage) {
         if let Some(id) = self.proposers[p].conns[sk] {
             self.log(|| {
@@ -99,6 +103,7 @@ impl World {
         }
     }
 
+    /// Performs proposer `p`'s outputs until there are none; a step-down stops the compute.
     pub(super) fn process_outputs(&mut self, p: usize) -> Step {
         loop {
             let outs = match self.proposers[p].proposer.as_mut() {
@@ -244,6 +249,7 @@ impl World {
         Self::room(&self.cfg, pr, src)
     }
 
+    /// Room left under `max_in_flight` and the proposer's window.
     pub(super) fn room(cfg: &SimConfig, pr: &Proposer, src: &Source) -> u64 {
         let lag = pr
             .end_lsn()
@@ -252,6 +258,7 @@ impl World {
         cfg.max_in_flight.min(cfg.max_window).saturating_sub(lag)
     }
 
+    /// The source of proposer `p` appends a batch of records.
     pub(super) fn source_append(&mut self, p: usize) -> Step {
         let node = &mut self.proposers[p];
         let (Some(pr), Some(src)) = (node.proposer.as_mut(), node.source.as_mut()) else {
@@ -285,6 +292,8 @@ impl World {
         self.process_outputs(p)
     }
 
+    /// The donor read of proposer `p` completes: served from the donor's disk if it still
+    /// holds the range in the term, else failed.
     pub(super) fn fetch_done(&mut self, p: usize) -> Step {
         let Some(f) = self.proposers[p].fetch.take() else {
             return Ok(());
