@@ -312,7 +312,6 @@ fn invalid_wal_does_not_advance_flush_lsn() {
 /// seed 4646 ends with all three safekeepers stuck at flush_lsn 0/400000 while the last
 /// record, 0/400000..0/400410, sits written behind it.
 #[test]
-#[ignore = "known acceptor bug: a pending XLOG_SWITCH end overwrites later record ends in the same AppendRequest"]
 fn switch_then_records_in_one_append_are_flushed() {
     use bytes::BytesMut;
     use integration_tests::sim::acceptor_node::AcceptorNode;
@@ -462,7 +461,6 @@ fn failed_elected_keeps_unflushed_wal_unflushed() {
 ///   connection silent for `safekeeper_connect_timeout`);
 /// * seed 4646: the acceptor bug of `switch_then_records_in_one_append_are_flushed`.
 #[test]
-#[ignore = "known proposer bug: trim_window drops WAL no safekeeper holds, then the term stalls"]
 fn proposer_commits_everything_after_faults_stop() {
     let seeds = env_u64("SK_SIM_SEEDS").unwrap_or(1000);
     let opts = options();
@@ -490,7 +488,6 @@ fn proposer_commits_everything_after_faults_stop() {
 /// them, and nothing commits after that (seed 0; replay with `SK_SIM_SEED=0
 /// SK_SIM_FAULTS=0 SK_SIM_PROPOSERS=1 SK_SIM_UNBOUNDED_SOURCE=1 SK_SIM_STEPS=20000`).
 #[test]
-#[ignore = "known proposer bug: trim_window drops WAL no safekeeper holds, then the term stalls"]
 fn fault_free_run_with_a_source_outrunning_the_window() {
     for seed in 0..20 {
         let opts = SimOptions {

@@ -514,7 +514,12 @@ impl Acceptor {
         let mut pending = self.wal.pending_record_end;
         loop {
             match decoder.next_record() {
-                Ok(Some(rec)) if rec.end_lsn <= end => record_end = rec.end_lsn,
+                // A complete record after a pending XLOG_SWITCH means its padding is
+                // complete too: the later end supersedes it.
+                Ok(Some(rec)) if rec.end_lsn <= end => {
+                    record_end = rec.end_lsn;
+                    pending = None;
+                }
                 Ok(Some(rec)) => pending = Some(rec.end_lsn),
                 Ok(None) => break,
                 Err(e) => {
@@ -524,7 +529,7 @@ impl Acceptor {
             }
         }
         if let Some(p) = pending.filter(|&p| p <= end) {
-            record_end = p;
+            record_end = record_end.max(p);
             pending = None;
         }
         self.wal.write_record_lsn = record_end;

@@ -123,6 +123,8 @@ impl Proposer {
             donor,
         });
         self.window = WalWindow::new(term_start);
+        // The donor holds everything below the term start durably.
+        self.max_acked_flush = term_start;
         self.outputs.push_back(Output::Elected {
             term: self.term,
             term_start_lsn: term_start,

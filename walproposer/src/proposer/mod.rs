@@ -71,6 +71,9 @@ pub struct Config {
     pub min_backoff_ms: u64,
     /// Longest reconnect delay.
     pub max_backoff_ms: u64,
+    /// A connection silent this long while a reply is due (or while connecting) is
+    /// dropped and retried.
+    pub response_timeout_ms: u64,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ impl Config {
             heartbeat_ms: 1000,
             min_backoff_ms: 100,
             max_backoff_ms: 5000,
+            response_timeout_ms: 10_000,
         }
     }
 
@@ -193,6 +197,8 @@ struct Sk {
     sent_commit: Lsn,
     /// When anything was last sent.
     last_sent_ms: u64,
+    /// When the connection was started or last delivered a message.
+    last_heard_ms: u64,
     /// An AppendRequest is due right away (just elected: learn its flush_lsn).
     probe: bool,
 }
@@ -214,6 +220,9 @@ pub struct Proposer {
     fetching: Option<(Lsn, Lsn)>,
     commit_lsn: Lsn,
     truncate_lsn: Lsn,
+    /// Highest flush_lsn any safekeeper acknowledged in this term: WAL below it can be
+    /// fetched back from a donor, so the window may drop it.
+    max_acked_flush: Lsn,
     synced: bool,
     outputs: VecDeque<Output>,
 }
@@ -239,6 +248,7 @@ impl Proposer {
                 next_lsn: Lsn::INVALID,
                 sent_commit: Lsn::INVALID,
                 last_sent_ms: 0,
+                last_heard_ms: 0,
                 probe: false,
             })
             .collect();
@@ -255,6 +265,7 @@ impl Proposer {
             fetching: None,
             commit_lsn: Lsn::INVALID,
             truncate_lsn: Lsn::INVALID,
+            max_acked_flush: Lsn::INVALID,
             synced: false,
             outputs: VecDeque::new(),
         };
@@ -343,10 +354,30 @@ impl Proposer {
         match input {
             Input::Connected(sk) => self.on_connected(sk),
             Input::Disconnected(sk) => self.on_disconnected(sk),
-            Input::Message(sk, m) => self.on_message(sk, m),
+            Input::Message(sk, m) => {
+                self.sks[sk].last_heard_ms = self.now_ms;
+                self.on_message(sk, m)
+            }
             Input::Tick => {}
         }
+        self.drop_silent();
         self.reconnect_due();
+    }
+
+    /// Drops connections that owe a reply (or are still connecting) and have been silent
+    /// for `response_timeout_ms`: a blackholed peer never closes its end.
+    fn drop_silent(&mut self) {
+        for sk in 0..self.sks.len() {
+            let s = &self.sks[sk];
+            let waiting = matches!(
+                s.phase,
+                Phase::Connecting | Phase::Greeting | Phase::Voting | Phase::Streaming
+            );
+            if waiting && self.now_ms >= s.last_heard_ms + self.conf.response_timeout_ms {
+                let silent = self.now_ms - s.last_heard_ms;
+                self.fail(sk, format!("no answer for {silent} ms"));
+            }
+        }
     }
 
     pub(super) fn on_connected(&mut self, sk: SkId) {
@@ -354,6 +385,7 @@ impl Proposer {
             return;
         }
         self.sks[sk].phase = Phase::Greeting;
+        self.sks[sk].last_heard_ms = self.now_ms;
         let g = ProposerGreeting {
             tenant_id: self.conf.tenant_id,
             timeline_id: self.conf.timeline_id,
@@ -388,6 +420,7 @@ impl Proposer {
                 && retry_at <= self.now_ms
             {
                 s.phase = Phase::Connecting;
+                s.last_heard_ms = self.now_ms;
                 self.outputs.push_back(Output::Connect(i));
             }
         }

@@ -16,6 +16,7 @@ impl Proposer {
         s.flush_lsn = s.flush_lsn.max(r.flush_lsn);
         s.last_flush_lsn = s.last_flush_lsn.max(r.flush_lsn);
         s.commit_lsn = s.commit_lsn.max(r.commit_lsn);
+        self.max_acked_flush = self.max_acked_flush.max(r.flush_lsn);
         self.update_commit();
         self.trim_window();
         self.check_synced();
@@ -67,6 +68,11 @@ impl Proposer {
     }
 
     /// Drops WAL every streaming safekeeper has, and WAL beyond the memory budget.
+    ///
+    /// Never drops WAL that no safekeeper has acknowledged in this term: with none
+    /// streaming nothing is dropped, and the memory budget only drops what some
+    /// safekeeper holds durably (a donor can give it back). The sources keep within the
+    /// budget by watching `end_lsn() - commit_lsn()`.
     pub(super) fn trim_window(&mut self) {
         let needed = self
             .sks
@@ -74,8 +80,9 @@ impl Proposer {
             .filter(|s| s.phase == Phase::Streaming)
             .map(|s| s.flush_lsn.max(s.start_lsn))
             .min()
-            .unwrap_or(self.window.end());
-        let budget = Lsn(self.window.end().0.saturating_sub(self.conf.max_window));
+            .unwrap_or(self.window.base());
+        let budget =
+            Lsn(self.window.end().0.saturating_sub(self.conf.max_window)).min(self.max_acked_flush);
         self.window.trim(needed.max(budget));
     }
 
