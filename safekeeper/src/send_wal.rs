@@ -344,9 +344,10 @@ impl Sender<'_> {
         }
     }
 
-    /// Reads `n` bytes at `pos` on a blocking thread, straight from the reader's reused
-    /// buffer into the connection's write buffer (moved to that thread and back), and
-    /// sends them as one XLogData. Returns the number of WAL bytes sent.
+    /// Reads `n` bytes at `pos` (from the page cache right here if they are there, else
+    /// on a blocking thread), straight from the reader's reused buffer into the
+    /// connection's write buffer, and sends them as one XLogData. Returns the number of WAL
+    /// bytes sent.
     async fn send_chunk(
         &mut self,
         mut r: WalReader,
@@ -354,6 +355,18 @@ impl Sender<'_> {
         n: usize,
         end: Lsn,
     ) -> Result<usize, ClientError> {
+        // Commit mode, bytes in the page cache: read right here (no lock is needed
+        // without a term, and the read cannot block).
+        if self.term.is_none()
+            && let Some(data) = r.read_cached(self.pos, n)
+        {
+            let sent = data.len();
+            write_xlog_data_frame(self.w.write_buf(), self.pos, end, pg_timestamp_now(), data);
+            *slot = Some(r);
+            self.flush().await?;
+            self.last_sent = Instant::now();
+            return Ok(sent);
+        }
         let mut out = std::mem::take(self.w.write_buf());
         let (tl, term, pos) = (self.tl.clone(), self.term, self.pos);
         let joined = tokio::task::spawn_blocking(move || {

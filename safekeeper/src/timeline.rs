@@ -216,10 +216,9 @@ impl Timeline {
         if core.broken {
             return Ok(());
         }
-        core.storage.flush();
-        if let Some(e) = core.acceptor.checkpoint() {
-            self.perform(&mut core, vec![e])?;
-        }
+        let mut effects = vec![Effect::FlushWal];
+        effects.extend(core.acceptor.checkpoint());
+        self.perform(&mut core, effects)?;
         Ok(())
     }
 
@@ -228,7 +227,7 @@ impl Timeline {
         for effect in effects {
             let res = match effect {
                 Effect::InitWal { start, image } => core.storage.init(start, &image),
-                Effect::WriteWal { lsn, data } => match core.storage.write(lsn, &data) {
+                Effect::WriteWal { lsn, data } => match core.storage.write(lsn, data) {
                     Ok(WriteOutcome::SegmentCompleted) => {
                         segment_completed = true;
                         Ok(())
@@ -236,10 +235,7 @@ impl Timeline {
                     Ok(WriteOutcome::Written) => Ok(()),
                     Err(e) => Err(e),
                 },
-                Effect::FlushWal => {
-                    core.storage.flush();
-                    Ok(())
-                }
+                Effect::FlushWal => core.storage.flush(),
                 Effect::TruncateWal { end } => core.storage.truncate(end),
                 Effect::PersistControl(state) => {
                     let r = control_file::persist(&self.dir, &state, self.sync);

@@ -2,7 +2,10 @@
 //!
 //! Positioned reads (`pread`) into a buffer reused across calls, never crossing a segment
 //! boundary; the `.partial` file is tried first (see
-//! [`crate::wal_storage::open_segment_for_read`]). Blocking: run on a blocking thread.
+//! [`crate::wal_storage::open_segment_for_read`]). Blocking: run on a blocking thread —
+//! except [`WalReader::read_cached`], which only succeeds when the bytes are in the page
+//! cache (`preadv2(RWF_NOWAIT)`) and so may run on the sender's own thread, saving the
+//! hand-off to a blocking thread for the common case of a reader close behind the writer.
 //! Must never: read above the end the caller was allowed to send (the caller passes it).
 
 use std::fs::File;
@@ -20,6 +23,8 @@ pub struct WalReader {
     seg_size: u32,
     open: Option<(SegNo, File)>,
     buf: Vec<u8>,
+    /// `RWF_NOWAIT` was refused once (kernel or filesystem): do not try again.
+    no_nowait: bool,
 }
 
 impl WalReader {
@@ -30,6 +35,38 @@ impl WalReader {
             seg_size,
             open: None,
             buf: Vec::new(),
+            no_nowait: false,
+        }
+    }
+
+    /// Like [`WalReader::read`] (the same `n` bytes), but only if that cannot block: the
+    /// segment is already open and every byte is in the page cache. `None` means "use
+    /// `read` on a blocking thread"; errors are left to that call too.
+    pub fn read_cached(&mut self, pos: Lsn, max: usize) -> Option<&[u8]> {
+        let segno = pos.segment_number(self.seg_size);
+        let n = (pos.remaining_in_segment(self.seg_size) as usize).min(max);
+        if self.no_nowait {
+            return None;
+        }
+        let (open_segno, file) = self.open.as_ref()?;
+        if *open_segno != segno {
+            return None;
+        }
+        self.buf.resize(n, 0);
+        let offset = pos.segment_offset(self.seg_size) as u64;
+        match preadv2_nowait(file, &mut self.buf[..n], offset) {
+            Ok(k) if k == n => Some(&self.buf[..n]),
+            Ok(_) => None, // partly cached, or the end of the file: the slow path decides
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) {
+                    self.no_nowait = true;
+                }
+                None
+            }
         }
     }
 
@@ -74,6 +111,35 @@ impl WalReader {
     }
 }
 
+/// One `preadv2(..., RWF_NOWAIT)`: bytes read, or `WouldBlock` when not cached.
+#[cfg(target_os = "linux")]
+fn preadv2_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; the fd is open.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preadv2_nowait(_: &File, _: &mut [u8], _: u64) -> io::Result<usize> {
+    Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +170,23 @@ mod tests {
         let e = r.read(Lsn(3 * u64::from(SEG)), 8).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert!(e.to_string().contains(&name(3)), "{e}");
+    }
+
+    #[test]
+    fn cached_reads_match_blocking_reads_and_never_open_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(xlog_file_name(1, 1, SEG)), segment(1)).unwrap();
+        let mut r = WalReader::new(dir.path().to_path_buf(), SEG);
+        let at = Lsn(u64::from(SEG) + 1000);
+        // Nothing open yet: the fast path declines.
+        assert!(r.read_cached(at, 4096).is_none());
+        let slow = r.read(at, 4096).unwrap().to_vec();
+        // Just written, so cached (where RWF_NOWAIT is supported: else None, also fine).
+        if let Some(fast) = r.read_cached(at, 4096) {
+            assert_eq!(fast, &slow[..]);
+        }
+        // Another segment is not opened by the fast path.
+        assert!(r.read_cached(Lsn(2 * u64::from(SEG)), 10).is_none());
     }
 
     #[test]

@@ -262,6 +262,15 @@ impl Driver {
     }
 }
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The connection string of a safekeeper for a timeline.
 pub fn conninfo(addr: &str, tenant: TenantId, timeline: TimelineId, app: &str) -> Conninfo {
     let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5454"));
@@ -297,7 +306,10 @@ async fn sk_task(
         let _ = ev.send(Event::Connected(sk, epoch)).await;
         let (mut r, mut w) = conn.split();
         let ev2 = ev.clone();
-        let mut reader = tokio::spawn(async move {
+        // Aborted with this task (the driver aborts a connection's task when it drops
+        // it): otherwise the reader would keep the socket, and the safekeeper's side of
+        // the stream, open after the connection was given up.
+        let mut reader = AbortOnDrop(tokio::spawn(async move {
             loop {
                 match r.read_be_message().await? {
                     Some(BeMessage::CopyData(p)) => {
@@ -312,15 +324,14 @@ async fn sk_task(
                     None => return Err(PgError::Closed),
                 }
             }
-        });
+        }));
         loop {
             tokio::select! {
-                r = &mut reader => {
+                r = &mut reader.0 => {
                     return r.unwrap_or(Err(PgError::Closed));
                 }
                 m = rx.recv() => {
                     let Some(m) = m else {
-                        reader.abort();
                         return Ok(());
                     };
                     write_proposer_frame(&m, version, w.write_buf());
@@ -331,7 +342,6 @@ async fn sk_task(
                         }
                     }
                     if let Err(e) = w.flush().await {
-                        reader.abort();
                         return Err(e.into());
                     }
                 }

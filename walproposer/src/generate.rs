@@ -23,14 +23,30 @@ use crate::proposer::{Config, Output};
 pub struct GenerateOptions {
     /// Total WAL bytes to push (approximately: whole records).
     pub bytes: u64,
+    /// Stop after this many records even if `bytes` is not reached.
+    pub max_records: Option<u64>,
     /// Payload of each record.
     pub record_size: usize,
     /// Bytes per second; `None` = as fast as the quorum takes them.
     pub rate: Option<u64>,
     /// WAL allowed in flight beyond the commit LSN.
     pub max_in_flight: u64,
+    /// How records are offered to the quorum.
+    pub pacing: Pacing,
     /// How long to wait for the last safekeepers to learn the final commit_lsn.
     pub final_wait: Duration,
+}
+
+/// How the generator offers records to the quorum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pacing {
+    /// Pipelined: as much as `max_in_flight` (and `rate`) allow, records batched into
+    /// AppendRequests of up to the proposer's `max_append` bytes.
+    #[default]
+    Pipelined,
+    /// One record at a time: append it, wait until the quorum committed it, then the
+    /// next. Measures the latency of an isolated commit (no batching can hide it).
+    Sequential,
 }
 
 /// What a run measured.
@@ -96,9 +112,10 @@ impl std::fmt::Display for Report {
 pub async fn run(
     conf: Config,
     addrs: Vec<String>,
-    opts: GenerateOptions,
+    mut opts: GenerateOptions,
 ) -> anyhow::Result<Report> {
     let pg_major = utils::xlog::pg_major(conf.pg_version);
+    let conf_max_append = conf.max_append;
     let system_id = conf.system_id;
     let seg_size = conf.wal_seg_size;
     let mut d = Driver::new(conf.clone(), addrs.clone());
@@ -136,7 +153,10 @@ pub async fn run(
     let mut in_flight: VecDeque<(Lsn, Instant)> = VecDeque::new();
     let mut latencies = Vec::new();
     let (mut bytes, mut records) = (0u64, 0u64);
+    // Generated WAL not yet handed to the proposer starts at `unsent`.
     let mut buf = BytesMut::new();
+    let mut unsent = term_start;
+    let append = conf_max_append.max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -148,20 +168,40 @@ pub async fn run(
         let allowed_by_rate = opts.rate.is_none_or(|r| {
             bytes < (started.elapsed().as_secs_f64() * r as f64) as u64 + opts.record_size as u64
         });
-        let room = gen_.position().0.saturating_sub(commit.0) < opts.max_in_flight;
+        let room = match opts.pacing {
+            Pacing::Pipelined => gen_.position().0.saturating_sub(commit.0) < opts.max_in_flight,
+            Pacing::Sequential => in_flight.is_empty(),
+        };
         if !done_generating && allowed_by_rate && room {
-            // A batch: records up to 128 KiB, appended as one chunk.
-            let begin = gen_.position();
-            while buf.len() < pq_proto::replication::MAX_SEND_SIZE && bytes < opts.bytes {
+            // A batch of records, at least 128 KiB.
+            while buf.len() < pq_proto::replication::MAX_SEND_SIZE.max(append) && bytes < opts.bytes
+            {
                 let r = gen_.append_logical_message("generate", &payload, &mut buf)?;
                 bytes = r.end_lsn.0 - term_start.0;
                 records += 1;
                 in_flight.push_back((r.end_lsn, Instant::now()));
-                if opts.rate.is_some() {
+                if opts.max_records.is_some_and(|m| records >= m) {
+                    // Generation stops here: nothing more is appended after this batch.
+                    opts.bytes = bytes;
+                }
+                if opts.rate.is_some() || opts.pacing == Pacing::Sequential {
                     break;
                 }
             }
-            d.append_wal(begin, buf.split().freeze())?;
+            // Handed over in whole AppendRequests (`max_append` bytes each), so that the
+            // proposer sends slices of one chunk instead of copying across chunks; the
+            // rest waits for the next batch, unless generation ends or goes one record at
+            // a time.
+            let one_at_a_time = opts.rate.is_some() || opts.pacing == Pacing::Sequential;
+            let whole = if one_at_a_time || bytes >= opts.bytes {
+                buf.len()
+            } else {
+                buf.len() / append * append
+            };
+            if whole > 0 {
+                d.append_wal(unsent, buf.split_to(whole).freeze())?;
+                unsent = Lsn(unsent.0 + whole as u64);
+            }
         }
         let idle = done_generating || !room || !allowed_by_rate;
         let out = if idle {

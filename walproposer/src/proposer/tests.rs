@@ -236,6 +236,36 @@ fn streams_chunks_of_at_most_128k_and_heartbeats_when_idle() {
 }
 
 #[test]
+fn max_append_sets_the_size_of_append_requests() {
+    // What `walproposer generate --append-size 8k` relies on.
+    let mut c = conf();
+    c.max_append = 8 * 1024;
+    let mut p = Proposer::new(c);
+    p.drain_outputs();
+    for sk in 0..3 {
+        p.handle(0, Input::Connected(sk));
+        p.handle(0, Input::Message(sk, greeting(0)));
+    }
+    for sk in 0..2 {
+        p.handle(
+            0,
+            Input::Message(sk, vote(1, true, 0, TermHistory::empty())),
+        );
+    }
+    p.drain_outputs();
+    p.append_wal(Lsn(0x100), Bytes::from(vec![7u8; 20 * 1024]))
+        .unwrap();
+    let mut sizes = Vec::new();
+    while let Some(ProposerMessage::AppendRequest(a)) = p.poll_send(0, 0) {
+        if a.wal_data.is_empty() {
+            break;
+        }
+        sizes.push(a.wal_data.len());
+    }
+    assert_eq!(sizes, vec![8 * 1024, 8 * 1024, 4 * 1024]);
+}
+
+#[test]
 fn reconnects_with_backoff() {
     let (mut p, _) = greeted([0, 0, 0]);
     p.handle(1000, Input::Disconnected(2));
