@@ -448,7 +448,11 @@ pub fn find_end_of_wal(
             let fed_end = Lsn(segno * seg_len + offset);
             loop {
                 match decoder.next_record() {
-                    Ok(Some(rec)) if rec.end_lsn <= fed_end => end = rec.end_lsn,
+                    // A complete record after a pending XLOG_SWITCH completes it too.
+                    Ok(Some(rec)) if rec.end_lsn <= fed_end => {
+                        end = rec.end_lsn;
+                        pending = None;
+                    }
                     // An XLOG_SWITCH ends at the segment end, past the bytes fed so far.
                     Ok(Some(rec)) => pending = Some(rec.end_lsn),
                     Ok(None) => break,
@@ -459,7 +463,7 @@ pub fn find_end_of_wal(
                 }
             }
             if let Some(p) = pending.filter(|&p| p <= fed_end) {
-                end = p;
+                end = end.max(p);
                 pending = None;
             }
         }
