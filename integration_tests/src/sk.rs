@@ -132,24 +132,7 @@ impl Safekeeper {
         for _ in 0..5 {
             self.pg_port = free_port()?;
             self.http_port = free_port()?;
-            let log = File::options().create(true).append(true).open(&self.log)?;
-            let mut cmd = Command::new(workspace_bin("safekeeper"));
-            cmd.arg("--id")
-                .arg(self.id.to_string())
-                .arg("-D")
-                .arg(&self.datadir)
-                .arg("--listen-pg")
-                .arg(self.addr())
-                .arg("--listen-http")
-                .arg(format!("127.0.0.1:{}", self.http_port))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log);
-            if self.no_sync {
-                cmd.arg("--no-sync");
-            }
-            self.child = Some(cmd.spawn().context("spawn safekeeper")?);
+            self.spawn()?;
             if self.wait_ready(Duration::from_secs(20)).is_ok() {
                 return Ok(());
             }
@@ -160,6 +143,13 @@ impl Safekeeper {
 
     /// Restarts on the same ports (for clients that remember them). Fails if they got taken.
     pub fn restart_same_ports(&mut self) -> anyhow::Result<()> {
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(20))
+            .with_context(|| format!("safekeeper {} restart; log:\n{}", self.id, self.log()))
+    }
+
+    /// Spawns the process on the current ports, logging to the log file.
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(workspace_bin("safekeeper"));
         cmd.arg("--id")
@@ -170,6 +160,7 @@ impl Safekeeper {
             .arg(self.addr())
             .arg("--listen-http")
             .arg(format!("127.0.0.1:{}", self.http_port))
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -177,8 +168,7 @@ impl Safekeeper {
             cmd.arg("--no-sync");
         }
         self.child = Some(cmd.spawn().context("spawn safekeeper")?);
-        self.wait_ready(Duration::from_secs(20))
-            .with_context(|| format!("safekeeper {} restart; log:\n{}", self.id, self.log()))
+        Ok(())
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

@@ -240,18 +240,7 @@ pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
         ProtocolVersion::V3
     };
     let mut d = Driver::new(conf, a.safekeepers.clone());
-    let (term, term_start) = loop {
-        match d.next().await {
-            Output::Elected {
-                term,
-                term_start_lsn,
-            } => break (term, term_start_lsn),
-            Output::SteppedDown { term, reason } => {
-                bail!("another proposer holds term {term}: {reason}")
-            }
-            _ => {}
-        }
-    };
+    let (term, term_start) = d.wait_elected().await?;
     println!("bridge: elected in term {term}; the quorum's WAL continues at {term_start}");
     if term_start > primary.flush_lsn {
         bail!(

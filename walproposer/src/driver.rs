@@ -125,6 +125,21 @@ impl Driver {
         }
     }
 
+    /// Waits for the election: `(term, term start LSN)`, or an error if another proposer
+    /// holds a higher term.
+    pub async fn wait_elected(&mut self) -> Result<(Term, Lsn), SteppedDown> {
+        loop {
+            match self.next().await {
+                Output::Elected {
+                    term,
+                    term_start_lsn,
+                } => return Ok((term, term_start_lsn)),
+                Output::SteppedDown { term, reason } => return Err(SteppedDown { term, reason }),
+                _ => {}
+            }
+        }
+    }
+
     /// Hands new WAL to the proposer (at its end) and sends what can be sent.
     pub fn append_wal(&mut self, lsn: Lsn, data: Bytes) -> Result<(), crate::window::WindowError> {
         self.p.append_wal(lsn, data)?;
@@ -269,6 +284,16 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The election was lost: a higher term exists.
+#[derive(Debug, thiserror::Error)]
+#[error("another proposer holds term {term}: {reason}")]
+pub struct SteppedDown {
+    /// The higher term.
+    pub term: Term,
+    /// Why the proposer stepped down.
+    pub reason: String,
 }
 
 /// The connection string of a safekeeper for a timeline.

@@ -119,18 +119,7 @@ pub async fn run(
     let system_id = conf.system_id;
     let seg_size = conf.wal_seg_size;
     let mut d = Driver::new(conf.clone(), addrs.clone());
-    let (term, term_start) = loop {
-        match d.next().await {
-            Output::Elected {
-                term,
-                term_start_lsn,
-            } => break (term, term_start_lsn),
-            Output::SteppedDown { term, reason } => {
-                bail!("lost the election (term {term}): {reason}")
-            }
-            _ => {}
-        }
-    };
+    let (term, term_start) = d.wait_elected().await?;
     tracing::info!("elected in term {term}; WAL continues at {term_start}");
     let mut gen_ = WalGenerator::new(term_start, system_id, seg_size, pg_major)
         .context("starting the WAL generator")?;
