@@ -19,6 +19,41 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e:?}")
 }
 
+/// One labelled series: a line with a dot at each point.
+fn draw_line<'a, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    data: Vec<(f64, f64)>,
+    name: String,
+    c: RGBColor,
+) -> anyhow::Result<()>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .draw_series(LineSeries::new(data.clone(), c.stroke_width(2)))
+        .map_err(err)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart
+        .draw_series(data.into_iter().map(|p| Circle::new(p, 4, c.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The legend, top left.
+fn finish<'a, CT>(chart: &mut ChartContext<'a, SVGBackend<'a>, CT>) -> anyhow::Result<()>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 /// Throughput (MB/s) against append size (KiB, log2 axis).
 pub fn ingest(path: &Path, points: &[IngestPoint]) -> anyhow::Result<()> {
     if points.is_empty() {
@@ -70,22 +105,9 @@ pub fn ingest(path: &Path, points: &[IngestPoint]) -> anyhow::Result<()> {
     for (i, (name, f)) in series.iter().enumerate() {
         let c = COLORS[i];
         let data: Vec<(f64, f64)> = points.iter().zip(&xs).map(|(p, &x)| (x, f(p))).collect();
-        chart
-            .draw_series(LineSeries::new(data.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(data.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(err)?;
+        draw_line(&mut chart, data, (*name).to_string(), c)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    finish(&mut chart)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -139,22 +161,50 @@ pub fn latency(path: &Path, series: &[LatencySeries]) -> anyhow::Result<()> {
             .enumerate()
             .map(|(k, (_, d))| (k as f64, d.as_secs_f64() * 1e3))
             .collect();
-        chart
-            .draw_series(LineSeries::new(data.clone(), c.stroke_width(2)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(data.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(err)?;
+        draw_line(&mut chart, data, s.name.clone(), c)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    finish(&mut chart)?;
     root.present().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn both_plots_render_every_series() {
+        let dir = std::env::temp_dir().join(format!("sk-bench-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let points: Vec<IngestPoint> = [8, 16, 32]
+            .iter()
+            .map(|&kib| IngestPoint {
+                kib,
+                disk: 900.0,
+                one: 400.0,
+                three: 200.0,
+            })
+            .collect();
+        ingest(&dir.join("i.svg"), &points).unwrap();
+        let lat = [LatencySeries {
+            name: "quorum of 3".into(),
+            points: vec![
+                ("p50", Duration::from_micros(500)),
+                ("p99", Duration::from_millis(3)),
+            ],
+        }];
+        latency(&dir.join("l.svg"), &lat).unwrap();
+        let svg = std::fs::read_to_string(dir.join("i.svg")).unwrap();
+        for name in ["1 safekeeper", "3 safekeepers, one disk", "disk / 3"] {
+            assert!(svg.contains(name), "legend lacks {name}");
+        }
+        assert!(
+            std::fs::read_to_string(dir.join("l.svg"))
+                .unwrap()
+                .contains("quorum of 3")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

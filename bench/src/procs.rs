@@ -308,14 +308,7 @@ impl PgCluster {
             "--no-sync",
         ]))
         .context("initdb")?;
-        let port = free_port()?;
-        let c = PgCluster {
-            data: data.to_path_buf(),
-            port,
-            running: false,
-        };
-        c.write_conf(port, conf)?;
-        Ok(c)
+        PgCluster::configured(data, conf)
     }
 
     /// A cluster from a base backup of `primary` (a standby), with `conf` appended.
@@ -337,6 +330,11 @@ impl PgCluster {
             ])
             .args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]))
         .context("pg_basebackup")?;
+        PgCluster::configured(data, conf)
+    }
+
+    /// The cluster whose data directory was just made, on a free port, with `conf`.
+    fn configured(data: &Path, conf: &[String]) -> anyhow::Result<PgCluster> {
         let port = free_port()?;
         let c = PgCluster {
             data: data.to_path_buf(),

@@ -132,21 +132,8 @@ pub async fn append_with_commit(
     wal: &Bytes,
     commit: Lsn,
 ) -> anyhow::Result<Lsn> {
-    let mut flush = Lsn::INVALID;
-    let mut off = 0;
-    while off < wal.len() {
-        let n = (wal.len() - off).min(pq_proto::replication::MAX_SEND_SIZE);
-        p.append(
-            term,
-            Lsn(begin.0 + off as u64),
-            wal.slice(off..off + n),
-            commit,
-        )
-        .await?;
-        off += n;
-        flush = p.append_response().await?.flush_lsn;
-    }
-    Ok(flush)
+    let flushes = p.push_with_commit(term, begin, wal, commit).await?;
+    Ok(flushes.last().copied().unwrap_or(Lsn::INVALID))
 }
 
 /// A frame of a replication stream.
