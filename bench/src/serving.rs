@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use pq_client::Conninfo;
 use pq_proto::backend::BeMessage;
 use pq_proto::replication::ReplicationServerMessage;
 use utils::Lsn;
-use walproposer::client::{self, Conninfo};
 
 use crate::baseline::median;
 use crate::procs::{PgCluster, Proc, Safekeeper, pg_bin, rss_kib, run, workspace_bin};
@@ -34,11 +34,11 @@ async fn read_stream(port: u16, start: Lsn, end: Lsn) -> anyhow::Result<u64> {
         .set("user", "postgres")
         .set("replication", "true")
         .set("application_name", "sk-bench-reader");
-    let mut conn = client::connect(&ci).await?;
-    client::start_copy(&mut conn, &format!("START_REPLICATION {start} TIMELINE 1")).await?;
+    let mut conn = pq_client::connect(&ci).await?;
+    pq_client::start_copy(&mut conn, &format!("START_REPLICATION {start} TIMELINE 1")).await?;
     let mut pos = start;
     while pos < end {
-        match client::read(&mut conn).await? {
+        match pq_client::read(&mut conn).await? {
             BeMessage::CopyData(p) => match ReplicationServerMessage::decode(p) {
                 Ok(ReplicationServerMessage::XLogData(x)) => {
                     if x.wal_start != pos {

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use pq_client::{Conninfo, PgConn};
 use pq_proto::backend::{BeMessage, ErrorFields};
 use pq_proto::proposer::{
     AcceptorGreeting, AcceptorMessage, AppendRequest, AppendRequestHeader, AppendResponse,
@@ -14,7 +15,6 @@ use pq_proto::proposer::{
 };
 use tokio::net::TcpStream;
 use utils::{Lsn, TenantTimelineId, Term, TermHistory, TermLsn};
-use walproposer::client::{self, Conninfo, PgConn};
 
 /// The cluster a test proposer claims to be.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +47,8 @@ impl TestProposer {
         version: ProtocolVersion,
         allow_creation: bool,
     ) -> anyhow::Result<TestProposer> {
-        let ci =
-            walproposer::driver::conninfo(addr, ttid.tenant_id, ttid.timeline_id, "test_proposer");
-        let mut conn = client::connect(&ci).await?;
+        let ci = Conninfo::for_timeline(addr, ttid.tenant_id, ttid.timeline_id, "test_proposer");
+        let mut conn = pq_client::connect(&ci).await?;
         let q = match version {
             ProtocolVersion::V2 if allow_creation => "START_WAL_PUSH".to_string(),
             v => format!(
@@ -58,7 +57,7 @@ impl TestProposer {
                 allow_creation
             ),
         };
-        client::start_copy(&mut conn, &q).await?;
+        pq_client::start_copy(&mut conn, &q).await?;
         Ok(TestProposer {
             conn,
             version,
@@ -267,7 +266,7 @@ pub async fn raw_socket(addr: &str) -> anyhow::Result<TcpStream> {
     Ok(TcpStream::connect(addr).await?)
 }
 
-/// A conninfo for the walproposer client.
+/// A conninfo for a safekeeper timeline (see [`Conninfo::for_timeline`]).
 pub fn conninfo(addr: &str, ttid: &TenantTimelineId, app: &str) -> Conninfo {
-    walproposer::driver::conninfo(addr, ttid.tenant_id, ttid.timeline_id, app)
+    Conninfo::for_timeline(addr, ttid.tenant_id, ttid.timeline_id, app)
 }

@@ -12,13 +12,13 @@ use integration_tests::sk::{Safekeeper, TimelineStatus};
 use integration_tests::test_proposer::{
     Cluster, TestProposer, conninfo, history, raw_socket, server_error,
 };
+use pq_client::PgError;
 use pq_proto::backend::SqlState;
 use pq_proto::proposer::ProtocolVersion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
-use walproposer::client::{self, PgError};
 
 const CLUSTER: Cluster = Cluster {
     pg_version: 150004,
@@ -195,7 +195,7 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
     {
         let what = "Query of 2 GiB";
         let before = mem(&sk)?;
-        let mut conn = client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
+        let mut conn = pq_client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
         conn.write_buf().put_u8(b'Q');
         conn.write_buf().put_u32(0x8000_0000);
         conn.write_buf().put_slice(b"IDENTIFY_SYSTEM");
@@ -208,8 +208,8 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
 
     // An unknown command is an ERROR with a SQLSTATE; the session goes on.
     {
-        let mut conn = client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
-        match client::simple_query(&mut conn, "FROBNICATE THE WAL").await {
+        let mut conn = pq_client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
+        match pq_client::simple_query(&mut conn, "FROBNICATE THE WAL").await {
             Err(PgError::Server(f)) => {
                 // What a walsender answers (syntax error) or "not supported": an ERROR
                 // the client can act on, not an internal error.
@@ -222,7 +222,7 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
             }
             other => panic!("unknown command: {other:?}"),
         }
-        let rows = client::simple_query(&mut conn, "IDENTIFY_SYSTEM").await?;
+        let rows = pq_client::simple_query(&mut conn, "IDENTIFY_SYSTEM").await?;
         assert_eq!(
             rows[0][0].as_deref(),
             Some(CLUSTER.system_id.to_string().as_str())

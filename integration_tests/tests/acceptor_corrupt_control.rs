@@ -6,11 +6,11 @@
 use integration_tests::real_wal::GeneratedWal;
 use integration_tests::sk::Safekeeper;
 use integration_tests::test_proposer::{Cluster, TestProposer, conninfo, history, server_error};
+use pq_client::PgError;
 use pq_proto::backend::SqlState;
 use pq_proto::proposer::ProtocolVersion;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
-use walproposer::client::{self, PgError};
 
 const CLUSTER: Cluster = Cluster {
     pg_version: 150004,
@@ -78,9 +78,9 @@ async fn corrupt_control_file_disables_only_its_timeline() -> anyhow::Result<()>
 
     // The corrupt timeline: TIMELINE_STATUS and IDENTIFY_SYSTEM over psql's protocol,
     // with the SQLSTATE checked, then on the same connection (an ERROR, not FATAL).
-    let mut conn = client::connect(&conninfo(&sk.addr(), &bad, "test")).await?;
+    let mut conn = pq_client::connect(&conninfo(&sk.addr(), &bad, "test")).await?;
     for q in ["TIMELINE_STATUS", "IDENTIFY_SYSTEM"] {
-        match client::simple_query(&mut conn, q).await {
+        match pq_client::simple_query(&mut conn, q).await {
             Err(PgError::Server(f)) => assert_corrupt(&f, &control, q),
             other => panic!("{q} on the corrupt timeline: {other:?}"),
         }

@@ -8,12 +8,12 @@ use integration_tests::free_port;
 use integration_tests::real_wal::GeneratedWal;
 use integration_tests::sk::{Safekeeper, workspace_bin};
 use integration_tests::test_proposer::{Cluster, TestProposer, conninfo, history, server_error};
+use pq_client::PgError;
 use pq_proto::backend::SqlState;
 use pq_proto::proposer::{AcceptorMessage, ProtocolVersion};
 use pq_proto::replication::MAX_SEND_SIZE;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
-use walproposer::client::{self, PgError};
 
 const CLUSTER: Cluster = Cluster {
     pg_version: 150004,
@@ -109,7 +109,7 @@ async fn sigterm_exits_zero_and_keeps_acknowledged_wal() -> anyhow::Result<()> {
     let acked = *p.push(Term(1), START, &wal.wal).await?.last().unwrap();
     assert_eq!(acked, wal.end());
     let before = sk.timeline_status(&ttid)?;
-    let mut idle = client::connect(&conninfo(&sk.addr(), &ttid, "idle")).await?;
+    let mut idle = pq_client::connect(&conninfo(&sk.addr(), &ttid, "idle")).await?;
 
     let st = sk.stop()?;
     assert_eq!(st.code(), Some(0), "SIGTERM exit: {st}; log:\n{}", sk.log());
@@ -119,7 +119,7 @@ async fn sigterm_exits_zero_and_keeps_acknowledged_wal() -> anyhow::Result<()> {
         .expect_err("the proposer's stream must end");
     let f = server_error(&e).unwrap_or_else(|| panic!("no ErrorResponse: {e:#}"));
     assert_eq!(f.code, SqlState::ADMIN_SHUTDOWN, "{f:?}");
-    match tokio::time::timeout(Duration::from_secs(5), client::read(&mut idle)).await? {
+    match tokio::time::timeout(Duration::from_secs(5), pq_client::read(&mut idle)).await? {
         Err(PgError::Server(f)) => assert_eq!(f.code, SqlState::ADMIN_SHUTDOWN, "{f:?}"),
         other => panic!("idle connection at shutdown: {other:?}"),
     }

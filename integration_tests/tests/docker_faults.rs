@@ -23,7 +23,7 @@ use docker_util::{
     SAFEKEEPERS, Stack, docker, docker_unavailable, ensure_images, knob, pgbench_ok, repo_root,
     run_bounded, serial, sweep_stale_projects, wait_bounded,
 };
-use walproposer::client::{self, Conninfo};
+use pq_client::Conninfo;
 
 /// Runs one scenario on a fresh project, or skips when docker is unusable. On failure the
 /// error carries the containers' last log lines.
@@ -296,7 +296,7 @@ impl AckedWriter {
             .build()?;
         let thread = std::thread::spawn(move || {
             rt.block_on(async move {
-                let mut conn = match client::connect(&ci).await {
+                let mut conn = match pq_client::connect(&ci).await {
                     Ok(c) => c,
                     Err(e) => return format!("connect: {e}"),
                 };
@@ -306,7 +306,7 @@ impl AckedWriter {
                     let q = format!("INSERT INTO acked VALUES ({id})");
                     match tokio::time::timeout(
                         Duration::from_secs(60),
-                        client::simple_query(&mut conn, &q),
+                        pq_client::simple_query(&mut conn, &q),
                     )
                     .await
                     {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
+use pq_client::{Conninfo, PgConn, PgError, Rows};
 use pq_proto::backend::BeMessage;
 use pq_proto::proposer::ProtocolVersion;
 use pq_proto::replication::{
@@ -27,7 +28,6 @@ use pq_proto::replication::{
 use utils::xlog::{DecoderConfig, WalStreamDecoder};
 use utils::{Lsn, TenantId, TimelineId};
 
-use crate::client::{self, Conninfo, PgConn, PgError};
 use crate::driver::Driver;
 use crate::proposer::{Config, Output};
 
@@ -107,7 +107,7 @@ fn replication_conninfo(a: &BridgeArgs) -> anyhow::Result<Conninfo> {
 async fn connect_primary(ci: &Conninfo) -> PgConn {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client::connect(ci).await {
+        match pq_client::connect(ci).await {
             Ok(c) => return c,
             Err(e) => {
                 tracing::warn!(
@@ -121,7 +121,7 @@ async fn connect_primary(ci: &Conninfo) -> PgConn {
     }
 }
 
-fn cell(rows: &client::Rows, col: usize, what: &str) -> anyhow::Result<String> {
+fn cell(rows: &Rows, col: usize, what: &str) -> anyhow::Result<String> {
     rows.first()
         .and_then(|r| r.get(col))
         .cloned()
@@ -130,16 +130,16 @@ fn cell(rows: &client::Rows, col: usize, what: &str) -> anyhow::Result<String> {
 }
 
 async fn identify(conn: &mut PgConn) -> anyhow::Result<Primary> {
-    let rows = client::simple_query(conn, "IDENTIFY_SYSTEM").await?;
+    let rows = pq_client::simple_query(conn, "IDENTIFY_SYSTEM").await?;
     let system_id: u64 = cell(&rows, 0, "system id")?.parse()?;
     let tli: u32 = cell(&rows, 1, "timeline")?.parse()?;
     if tli != 1 {
         bail!("the primary is on PostgreSQL timeline {tli}; the bridge supports timeline 1 only");
     }
     let flush_lsn: Lsn = cell(&rows, 2, "xlogpos")?.parse()?;
-    let rows = client::simple_query(conn, "SHOW server_version_num").await?;
+    let rows = pq_client::simple_query(conn, "SHOW server_version_num").await?;
     let pg_version: u32 = cell(&rows, 0, "server_version_num")?.parse()?;
-    let rows = client::simple_query(conn, "SHOW wal_segment_size").await?;
+    let rows = pq_client::simple_query(conn, "SHOW wal_segment_size").await?;
     let seg = cell(&rows, 0, "wal_segment_size")?;
     let seg_size = parse_pg_size(&seg).with_context(|| format!("wal_segment_size {seg:?}"))?;
     Ok(Primary {
@@ -168,17 +168,17 @@ fn parse_pg_size(s: &str) -> Option<u32> {
 /// The slot's restart LSN, creating the slot if it does not exist.
 async fn ensure_slot(conn: &mut PgConn, slot: &str) -> anyhow::Result<Lsn> {
     let quoted = format!("\"{}\"", slot.replace('"', "\"\""));
-    let rows = client::simple_query(conn, &format!("READ_REPLICATION_SLOT {quoted}")).await?;
+    let rows = pq_client::simple_query(conn, &format!("READ_REPLICATION_SLOT {quoted}")).await?;
     if let Some(lsn) = rows.first().and_then(|r| r.get(1)).cloned().flatten() {
         return Ok(lsn.parse()?);
     }
     tracing::info!("creating physical replication slot {slot} on the primary");
-    client::simple_query(
+    pq_client::simple_query(
         conn,
         &format!("CREATE_REPLICATION_SLOT {quoted} PHYSICAL RESERVE_WAL"),
     )
     .await?;
-    let rows = client::simple_query(conn, &format!("READ_REPLICATION_SLOT {quoted}")).await?;
+    let rows = pq_client::simple_query(conn, &format!("READ_REPLICATION_SLOT {quoted}")).await?;
     Ok(cell(&rows, 1, "slot restart_lsn")?.parse()?)
 }
 
@@ -186,8 +186,8 @@ async fn ensure_slot(conn: &mut PgConn, slot: &str) -> anyhow::Result<Lsn> {
 /// from the primary.
 async fn first_record_boundary(ci: &Conninfo, p: &Primary, lsn: Lsn) -> anyhow::Result<Lsn> {
     let seg_start = lsn.segment_lsn(p.seg_size);
-    let mut conn = client::connect(ci).await?;
-    client::start_copy(
+    let mut conn = pq_client::connect(ci).await?;
+    pq_client::start_copy(
         &mut conn,
         &format!("START_REPLICATION PHYSICAL {seg_start} TIMELINE 1"),
     )
@@ -195,7 +195,7 @@ async fn first_record_boundary(ci: &Conninfo, p: &Primary, lsn: Lsn) -> anyhow::
     let cfg = DecoderConfig::new(p.pg_version, p.seg_size, p.system_id);
     let mut dec = WalStreamDecoder::new_at_segment_start(seg_start, cfg);
     loop {
-        match client::read(&mut conn).await? {
+        match pq_client::read(&mut conn).await? {
             BeMessage::CopyData(payload) => {
                 if let ReplicationServerMessage::XLogData(x) =
                     ReplicationServerMessage::decode(payload)?
@@ -301,10 +301,10 @@ async fn send_status(w: &mut PgConn, lsn: Lsn) -> Result<(), PgError> {
 /// One replication session with the primary: stream from the end of what the proposer
 /// holds, push into the quorum, report the quorum's commit back.
 async fn stream_primary(ci: &Conninfo, a: &BridgeArgs, d: &mut Driver) -> Result<(), SessionError> {
-    let mut conn = client::connect(ci).await?;
+    let mut conn = pq_client::connect(ci).await?;
     let pos = d.proposer().end_lsn();
     let slot = format!("\"{}\"", a.slot.replace('"', "\"\""));
-    client::start_copy(
+    pq_client::start_copy(
         &mut conn,
         &format!("START_REPLICATION SLOT {slot} PHYSICAL {pos} TIMELINE 1"),
     )

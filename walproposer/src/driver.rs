@@ -13,15 +13,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use pq_client::{Conninfo, PgError, fetch_wal};
 use pq_proto::backend::BeMessage;
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage, ProtocolVersion, write_proposer_frame};
-use pq_proto::replication::ReplicationServerMessage;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use utils::{Lsn, TenantId, Term, TimelineId};
+use utils::{Lsn, Term};
 
-use crate::client::{self, Conninfo, PgError};
 use crate::proposer::{Config, Input, Output, Proposer, SkId};
 
 /// Messages queued per connection before the proposer stops producing WAL for it.
@@ -242,7 +241,7 @@ impl Driver {
         let task = tokio::spawn(sk_task(
             sk,
             epoch,
-            conninfo(
+            Conninfo::for_timeline(
                 &self.addrs[sk],
                 conf.tenant_id,
                 conf.timeline_id,
@@ -260,7 +259,7 @@ impl Driver {
             f.abort();
         }
         let conf = self.p.config();
-        let ci = conninfo(
+        let ci = Conninfo::for_timeline(
             &self.addrs[donor],
             conf.tenant_id,
             conf.timeline_id,
@@ -296,20 +295,6 @@ pub struct SteppedDown {
     pub reason: String,
 }
 
-/// The connection string of a safekeeper for a timeline.
-pub fn conninfo(addr: &str, tenant: TenantId, timeline: TimelineId, app: &str) -> Conninfo {
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5454"));
-    let mut ci = Conninfo::default();
-    ci.set("host", host)
-        .set("port", port)
-        .set("application_name", app)
-        .set(
-            "options",
-            format!("-c tenant_id={tenant} timeline_id={timeline}"),
-        );
-    ci
-}
-
 async fn sk_task(
     sk: SkId,
     epoch: u64,
@@ -319,8 +304,8 @@ async fn sk_task(
     ev: mpsc::Sender<Event>,
 ) {
     let res: Result<(), PgError> = async {
-        let mut conn = client::connect(&ci).await?;
-        client::start_copy(
+        let mut conn = pq_client::connect(&ci).await?;
+        pq_client::start_copy(
             &mut conn,
             &format!(
                 "START_WAL_PUSH (proto_version '{}', allow_timeline_creation 'true')",
@@ -379,44 +364,4 @@ async fn sk_task(
         Err(e) => e.to_string(),
     };
     let _ = ev.send(Event::Disconnected(sk, epoch, why)).await;
-}
-
-/// Reads WAL `[from, to)` from a safekeeper in term mode (`START_REPLICATION … (term=…)`).
-pub async fn fetch_wal(ci: &Conninfo, from: Lsn, to: Lsn, term: Term) -> Result<Bytes, PgError> {
-    let mut conn = client::connect(ci).await?;
-    client::start_copy(
-        &mut conn,
-        &format!("START_REPLICATION PHYSICAL {from} {to} (term='{term}')"),
-    )
-    .await?;
-    let want = (to.0 - from.0) as usize;
-    let mut buf = BytesMut::with_capacity(want);
-    while buf.len() < want {
-        match client::read(&mut conn).await? {
-            BeMessage::CopyData(p) => match ReplicationServerMessage::decode(p) {
-                Ok(ReplicationServerMessage::XLogData(x)) => {
-                    let expected = Lsn(from.0 + buf.len() as u64);
-                    if x.wal_start != expected {
-                        return Err(PgError::Unexpected(format!(
-                            "XLogData at {} where {expected} was expected",
-                            x.wal_start
-                        )));
-                    }
-                    let take = x.data.len().min(want - buf.len());
-                    buf.extend_from_slice(&x.data[..take]);
-                }
-                Ok(ReplicationServerMessage::Keepalive(_)) => {}
-                Err(e) => return Err(PgError::Unexpected(e.to_string())),
-            },
-            BeMessage::CopyDone => break,
-            other => return Err(PgError::Unexpected(format!("{other:?} in a WAL stream"))),
-        }
-    }
-    if buf.len() < want {
-        return Err(PgError::Unexpected(format!(
-            "donor ended the stream at {} before {to}",
-            Lsn(from.0 + buf.len() as u64)
-        )));
-    }
-    Ok(buf.freeze())
 }

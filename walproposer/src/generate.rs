@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
+use pq_client::{Conninfo, fetch_wal};
 use utils::Lsn;
 use utils::xlog::{DecoderConfig, WalGenerator, WalStreamDecoder};
 
-use crate::driver::{self, Driver};
+use crate::driver::Driver;
 use crate::proposer::{Config, Output};
 
 /// What to generate.
@@ -125,7 +126,7 @@ pub async fn run(
         .context("starting the WAL generator")?;
     if term_start > conf.timeline_start_lsn {
         let donor = d.proposer().donor().context("elected without a donor")?;
-        let ci = driver::conninfo(
+        let ci = Conninfo::for_timeline(
             &addrs[donor],
             conf.tenant_id,
             conf.timeline_id,
@@ -244,7 +245,7 @@ pub async fn run(
 /// beginning of the segment holding `end - 1` (a record spanning into that segment is
 /// skipped by the segment-start decoder; then `None` if no record starts in it).
 async fn last_record_start(
-    ci: &crate::client::Conninfo,
+    ci: &Conninfo,
     end: Lsn,
     term: utils::Term,
     conf: &Config,
@@ -252,7 +253,7 @@ async fn last_record_start(
     let seg_start = Lsn(end.0 - 1)
         .segment_lsn(conf.wal_seg_size)
         .max(conf.timeline_start_lsn.segment_lsn(conf.wal_seg_size));
-    let bytes = driver::fetch_wal(ci, seg_start, end, term).await?;
+    let bytes = fetch_wal(ci, seg_start, end, term).await?;
     let cfg = DecoderConfig::new(conf.pg_version, conf.wal_seg_size, conf.system_id);
     let mut dec = WalStreamDecoder::new_at_segment_start(seg_start, cfg);
     dec.feed(&bytes);

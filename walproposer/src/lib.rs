@@ -5,7 +5,6 @@
 //! The binary drives it against real safekeepers (`sync`, `generate`, `bridge`).
 
 pub mod bridge;
-pub mod client;
 pub mod driver;
 pub mod generate;
 pub mod proposer;

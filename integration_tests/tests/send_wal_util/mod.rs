@@ -1,5 +1,5 @@
 //! Helpers shared by the `send_wal_*` tests: a raw START_REPLICATION client (built on
-//! `pq_proto` and the walproposer's client, so every frame is visible), synthetic WAL, and
+//! `pq_proto` and `pq_client`, so every frame is visible), synthetic WAL, and
 //! a safekeeper timeline filled through a test proposer.
 
 #![allow(dead_code)] // each test binary uses a different subset
@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use integration_tests::real_wal::SEG;
 use integration_tests::sk::Safekeeper;
 use integration_tests::test_proposer::{Cluster, TestProposer};
+use pq_client::{PgConn, PgError};
 use pq_proto::backend::{BeMessage, ErrorFields};
 use pq_proto::frontend::FeMessage;
 use pq_proto::proposer::{AppendResponse, ProtocolVersion};
@@ -19,7 +20,6 @@ use pq_proto::replication::{
 };
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
-use walproposer::client::{self, PgConn, PgError};
 
 /// A fresh timeline id.
 pub fn new_ttid() -> TenantTimelineId {
@@ -174,7 +174,7 @@ impl ReplStream {
         let mut ci = match ttid {
             Some(t) => integration_tests::test_proposer::conninfo(&sk.addr(), t, app),
             None => {
-                let mut ci = client::Conninfo::default();
+                let mut ci = pq_client::Conninfo::default();
                 ci.set("host", "127.0.0.1")
                     .set("port", sk.pg_port.to_string())
                     .set("application_name", app);
@@ -183,7 +183,7 @@ impl ReplStream {
         };
         ci.set("replication", "true");
         Ok(ReplStream {
-            conn: client::connect(&ci).await?,
+            conn: pq_client::connect(&ci).await?,
         })
     }
 
@@ -203,7 +203,7 @@ impl ReplStream {
     /// A refusal (an ErrorResponse before CopyBoth) is an error, after the ReadyForQuery
     /// that follows it has been read, so the connection can be used again.
     pub async fn start_on(&mut self, query: &str) -> anyhow::Result<()> {
-        match client::start_copy(&mut self.conn, query).await {
+        match pq_client::start_copy(&mut self.conn, query).await {
             Ok(()) => Ok(()),
             Err(e @ PgError::Server(_)) => {
                 loop {
@@ -220,14 +220,14 @@ impl ReplStream {
     }
 
     /// Runs a simple query on this connection (outside a stream).
-    pub async fn query(&mut self, q: &str) -> anyhow::Result<client::Rows> {
-        Ok(client::simple_query(&mut self.conn, q).await?)
+    pub async fn query(&mut self, q: &str) -> anyhow::Result<pq_client::Rows> {
+        Ok(pq_client::simple_query(&mut self.conn, q).await?)
     }
 
     /// The next frame, within `timeout`. An ErrorResponse is an error (see
     /// [`error_fields`]).
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Frame> {
-        let m = tokio::time::timeout(timeout, client::read(&mut self.conn))
+        let m = tokio::time::timeout(timeout, pq_client::read(&mut self.conn))
             .await
             .with_context(|| format!("nothing from the server within {timeout:?}"))??;
         Ok(match m {
@@ -287,7 +287,7 @@ impl ReplStream {
             if left.is_zero() {
                 return Ok(keepalives);
             }
-            match tokio::time::timeout(left, client::read(&mut self.conn)).await {
+            match tokio::time::timeout(left, pq_client::read(&mut self.conn)).await {
                 Err(_) => return Ok(keepalives),
                 Ok(m) => match m? {
                     BeMessage::CopyData(p) => match ReplicationServerMessage::decode(p)? {
