@@ -7,7 +7,7 @@ use utils::TenantTimelineId;
 
 use crate::acceptor::AcceptorError;
 use crate::command::CommandError;
-use crate::timeline::TimelineError;
+use crate::ingest::{OpenError, TimelineError};
 use crate::timelines::RegistryError;
 
 /// An error answered with an ErrorResponse.
@@ -85,10 +85,15 @@ impl ClientError {
             ClientError::NoTimeline(_) => SqlState::UNDEFINED_OBJECT,
             ClientError::BadOptions(_) => SqlState::INVALID_PARAMETER_VALUE,
             ClientError::Registry(RegistryError::NotFound(_)) => SqlState::UNDEFINED_OBJECT,
-            ClientError::Registry(RegistryError::Unavailable { .. }) => SqlState::DATA_CORRUPTED,
+            ClientError::Registry(RegistryError::Unavailable { source, .. }) => match &**source {
+                OpenError::Io(_) => SqlState::IO_ERROR,
+                OpenError::ControlFile(_) | OpenError::Corrupt(_) => SqlState::DATA_CORRUPTED,
+            },
             ClientError::Registry(RegistryError::Io { .. }) => SqlState::IO_ERROR,
+            ClientError::Registry(RegistryError::ShuttingDown) => SqlState::ADMIN_SHUTDOWN,
             ClientError::Timeline(TimelineError::Storage { .. }) => SqlState::IO_ERROR,
             ClientError::Timeline(TimelineError::Broken(_)) => SqlState::CANNOT_CONNECT_NOW,
+            ClientError::Timeline(TimelineError::ShuttingDown(_)) => SqlState::ADMIN_SHUTDOWN,
             ClientError::Timeline(TimelineError::Acceptor(a)) => acceptor_sqlstate(a),
             ClientError::Protocol(_) | ClientError::Unexpected(_) => SqlState::PROTOCOL_VIOLATION,
             ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,

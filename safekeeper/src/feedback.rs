@@ -73,15 +73,19 @@ impl Feedback {
         self.lock().values().cloned().collect()
     }
 
-    /// Records a pageserver's feedback. remote_consistent_lsn never goes back (as in
-    /// Neon): a pageserver that restarted from older remote state does not make WAL that
-    /// another one already uploaded count as missing again.
-    pub fn set_pageserver(&self, mut fb: PageserverFeedback) {
+    /// Records a pageserver's feedback; true if its remote_consistent_lsn moved forward.
+    /// remote_consistent_lsn never goes back (as in Neon): a pageserver that restarted
+    /// from older remote state does not make WAL that another one already uploaded count
+    /// as missing again.
+    pub fn set_pageserver(&self, mut fb: PageserverFeedback) -> bool {
         let mut cur = self.pageserver.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(prev) = cur.as_ref() {
-            fb.remote_consistent_lsn = fb.remote_consistent_lsn.max(prev.remote_consistent_lsn);
+        let prev = cur.as_ref().map(|p| p.remote_consistent_lsn);
+        if let Some(prev) = prev {
+            fb.remote_consistent_lsn = fb.remote_consistent_lsn.max(prev);
         }
+        let moved = prev.is_none_or(|p| fb.remote_consistent_lsn > p);
         *cur = Some(fb);
+        moved
     }
 
     /// The latest pageserver feedback, if any.

@@ -2,74 +2,25 @@
 //!
 //! Owns: the order of a session (SSLRequest/GSSENCRequest answered `N`, StartupMessage,
 //! AuthenticationOk, ParameterStatus, ReadyForQuery, then simple queries) and the choice
-//! of timeline from the startup `options`. Streaming commands hand the connection to
+//! of timeline from the startup `options` (the session's types are in
+//! [`crate::session`]). Streaming commands hand the connection to
 //! [`crate::receive_wal`] or [`crate::send_wal`]. Must never: panic on client input, or
 //! let one connection's error reach another (every error ends here as an ErrorResponse).
 
 use std::sync::Arc;
 
-use pq_proto::backend::{
-    Authentication, BeMessage, ErrorFields, FieldDescription, SqlState, TransactionStatus,
-};
-use pq_proto::framed::{Framed, FramedReader, FramedWriter};
+use pq_proto::backend::{Authentication, BeMessage, ErrorFields, SqlState, TransactionStatus};
+use pq_proto::framed::Framed;
 use pq_proto::frontend::{FeMessage, FeStartupPacket};
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use utils::{NodeId, TenantTimelineId};
+use utils::TenantTimelineId;
 
 use crate::command::{self, Command};
+use crate::ctx::ServerCtx;
 use crate::errors::ClientError;
 use crate::queries;
-use crate::timelines::Timelines;
+use crate::session::{Conn, Session, send_error};
 use crate::{receive_wal, send_wal};
-
-/// What every connection shares.
-pub struct ServerCtx {
-    /// This safekeeper's id.
-    pub node_id: NodeId,
-    /// The timelines.
-    pub timelines: Arc<Timelines>,
-    /// Cancelled on SIGTERM/SIGINT.
-    pub shutdown: CancellationToken,
-}
-
-/// The session's parameters from the startup packet.
-#[derive(Clone, Debug, Default)]
-pub struct Session {
-    /// `application_name`.
-    pub app_name: String,
-    /// The timeline named in `options`, if any.
-    pub ttid: Option<TenantTimelineId>,
-}
-
-impl Session {
-    /// The session's timeline: the one named in `options`, or the only one this
-    /// safekeeper holds.
-    pub fn timeline(&self, ctx: &ServerCtx) -> Result<TenantTimelineId, ClientError> {
-        if let Some(t) = self.ttid {
-            return Ok(t);
-        }
-        let all = ctx.timelines.list();
-        match all.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(ClientError::NoTimeline(
-                "this safekeeper holds no timeline yet".into(),
-            )),
-            many => Err(ClientError::NoTimeline(format!(
-                "this safekeeper holds {} timelines",
-                many.len()
-            ))),
-        }
-    }
-}
-
-/// A client connection.
-pub type Conn = Framed<TcpStream>;
-/// The read half of a connection in a CopyBoth stream.
-pub type ConnReader = FramedReader<ReadHalf<TcpStream>>;
-/// The write half of a connection in a CopyBoth stream.
-pub type ConnWriter = FramedWriter<WriteHalf<TcpStream>>;
 
 /// How long a client may take to send its startup packet: a connection that never
 /// finishes it would otherwise hold a connection slot forever.
@@ -131,7 +82,7 @@ pub async fn handle(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), Client
                         }
                     }
                     Ok(cmd) => {
-                        if let Err(e) = queries::answer(&mut conn, &ctx, &session, cmd) {
+                        if let Err(e) = queries::answer(&mut conn, &ctx, &session, cmd).await {
                             conn.write_be(&BeMessage::ErrorResponse(e.to_fields()));
                         }
                     }
@@ -183,12 +134,6 @@ fn fe_name(m: &FeMessage) -> &'static str {
         FeMessage::Flush => "Flush",
         FeMessage::Extended { .. } => "extended-protocol message",
     }
-}
-
-/// Writes one ErrorResponse and flushes, ignoring a connection that is already gone.
-pub async fn send_error(conn: &mut Conn, e: &ClientError) {
-    conn.write_be(&BeMessage::ErrorResponse(e.to_fields()));
-    let _ = conn.flush().await;
 }
 
 /// The startup phase. `None` if the client went away or sent a CancelRequest.
@@ -305,11 +250,6 @@ pub fn parse_options(options: &str) -> Result<Option<TenantTimelineId>, ClientEr
             "tenant_id and timeline_id must be given together".into(),
         )),
     }
-}
-
-/// A RowDescription of text columns.
-pub fn text_columns(names: &[&str]) -> BeMessage {
-    BeMessage::RowDescription(names.iter().map(|n| FieldDescription::text(n)).collect())
 }
 
 #[cfg(test)]

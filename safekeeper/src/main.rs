@@ -28,7 +28,7 @@ struct Args {
     /// Address for the PostgreSQL protocol (proposers and readers).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5454")]
     listen_pg: SocketAddr,
-    /// Address for the HTTP API (GET /v1/status).
+    /// Address for the HTTP API (GET /v1/status, /metrics).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7676")]
     listen_http: SocketAddr,
     /// Skip every fsync. FOR TESTS ONLY: a machine crash then loses acknowledged WAL.
@@ -37,6 +37,20 @@ struct Args {
     /// Connections served at once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_connections: usize,
+    /// Threads for the disk work of timelines: WAL writes and fsyncs, control files,
+    /// loading and creating timelines. Size it for the disk: more than the device can
+    /// overlap only queues.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    wal_io_threads: usize,
+    /// Threads for WAL reads of readers that miss the page cache.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    read_io_threads: usize,
+    /// Threads of the network runtime (proposer and client connections); 0 = one per CPU.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    network_threads: usize,
+    /// Threads of the runtime that sends WAL to readers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    sender_threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,23 +67,25 @@ fn main() -> anyhow::Result<()> {
             "--no-sync: fsync is DISABLED; acknowledged WAL can be lost on a machine crash. Use for tests only."
         );
     }
-    let conf = Config {
-        id: NodeId(args.id),
-        datadir: args.datadir.clone(),
-        sync: if args.no_sync {
-            SyncMode::NoSync
-        } else {
-            SyncMode::Sync
-        },
-        max_connections: args.max_connections,
+    raise_open_files_limit();
+    let mut conf = Config::new(NodeId(args.id), args.datadir.clone());
+    conf.sync = if args.no_sync {
+        SyncMode::NoSync
+    } else {
+        SyncMode::Sync
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    conf.max_connections = args.max_connections;
+    conf.wal_io_threads = args.wal_io_threads;
+    conf.read_io_threads = args.read_io_threads;
+    conf.sender_threads = args.sender_threads;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.network_threads > 0 {
+        rt.worker_threads(args.network_threads);
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let server = Server::start(&conf, shutdown.clone())?;
+        let server = Server::start(conf, shutdown.clone()).await?;
         let pg = tokio::net::TcpListener::bind(args.listen_pg)
             .await
             .with_context(|| format!("could not listen on {}", args.listen_pg))?;
@@ -87,6 +103,31 @@ fn main() -> anyhow::Result<()> {
         server.run(pg, http).await?;
         anyhow::Ok(())
     })
+}
+
+/// Every proposer connection is a socket and an open segment file: raise the soft limit
+/// on open files to the hard one (as far as the kernel allows), and say what it is.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+    }
+    tracing::info!(limit = lim.rlim_cur, "open files limit");
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

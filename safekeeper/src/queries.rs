@@ -16,9 +16,11 @@ use pq_proto::backend::{BeMessage, FieldDescription};
 use utils::Lsn;
 
 use crate::command::Command;
+use crate::ctx::ServerCtx;
 use crate::errors::ClientError;
-use crate::handler::{Conn, ServerCtx, Session, text_columns};
-use crate::timeline::Timeline;
+use crate::session::{Conn, Session, text_columns};
+use crate::timeline::TimelineStatus;
+use crate::timelines::RegistryError;
 
 /// The `server_version` reported at startup and by `SHOW server_version`. Clients refuse
 /// servers newer than themselves; 15 is what this project is tested with.
@@ -38,30 +40,32 @@ fn complete(tag: &str) -> BeMessage {
     BeMessage::CommandComplete(tag.to_string())
 }
 
+/// The published status of the session's timeline (never the timeline's lock: this
+/// answers while a flush is stalled on the disk).
+async fn status(ctx: &ServerCtx, session: &Session) -> Result<TimelineStatus, ClientError> {
+    Ok(ctx.timelines.get(&session.timeline(ctx)?).await?.status())
+}
+
 /// Writes the answer to `cmd` (rows and CommandComplete; not ReadyForQuery).
-pub fn answer(
+pub async fn answer(
     conn: &mut Conn,
     ctx: &ServerCtx,
     session: &Session,
     cmd: Command,
 ) -> Result<(), ClientError> {
-    let timeline = || -> Result<std::sync::Arc<Timeline>, ClientError> {
-        Ok(ctx.timelines.get(&session.timeline(ctx)?)?)
-    };
     let mut out = Vec::new();
     match cmd {
         Command::Empty => out.push(BeMessage::EmptyQueryResponse),
         Command::SetDatestyle => out.push(complete("SET")),
         Command::IdentifySystem => {
-            let tl = timeline()?;
-            let state = tl.state();
+            let st = status(ctx, session).await?;
             // Proposers recovering WAL and peer safekeepers may read uncommitted WAL.
             let recovery = session.app_name == "wal_proposer_recovery"
                 || session.app_name.starts_with("safekeeper");
             let pos = if recovery {
-                tl.flush_state().flush_lsn
+                st.flush_lsn
             } else {
-                tl.commit_lsn()
+                st.commit_lsn
             };
             out.push(BeMessage::RowDescription(vec![
                 FieldDescription::text("systemid"),
@@ -70,7 +74,7 @@ pub fn answer(
                 FieldDescription::text("dbname"),
             ]));
             out.push(row(&[
-                Some(state.server.system_id.to_string()),
+                Some(st.server.system_id.to_string()),
                 Some("1".into()),
                 Some(pos.to_string()),
                 None,
@@ -88,32 +92,34 @@ pub fn answer(
                 "peer_horizon_lsn",
                 "system_id",
                 "pg_version",
+                "backup_lsn",
+                "remote_consistent_lsn",
             ]));
             // Zero rows for a timeline that does not exist (Neon's behaviour, which
             // compute_ctl's fast path expects).
-            match timeline() {
-                Ok(tl) => {
-                    let state = tl.state();
-                    let fs = tl.flush_state();
+            match status(ctx, session).await {
+                Ok(st) => {
                     out.push(row(&[
-                        Some(fs.flush_lsn.to_string()),
-                        Some(tl.commit_lsn().to_string()),
-                        Some(fs.term.to_string()),
-                        Some(fs.last_log_term.to_string()),
-                        Some(state.timeline_start_lsn.to_string()),
-                        Some(state.local_start_lsn.to_string()),
-                        Some(state.peer_horizon_lsn.to_string()),
-                        Some(state.server.system_id.to_string()),
-                        Some(state.server.pg_version.to_string()),
+                        Some(st.flush_lsn.to_string()),
+                        Some(st.commit_lsn.to_string()),
+                        Some(st.term.to_string()),
+                        Some(st.last_log_term.to_string()),
+                        Some(st.timeline_start_lsn.to_string()),
+                        Some(st.local_start_lsn.to_string()),
+                        Some(st.peer_horizon_lsn.to_string()),
+                        Some(st.server.system_id.to_string()),
+                        Some(st.server.pg_version.to_string()),
+                        Some(st.backup_lsn.to_string()),
+                        Some(st.remote_consistent_lsn.to_string()),
                     ]));
                 }
-                Err(ClientError::Registry(crate::timelines::RegistryError::NotFound(_))) => {}
+                Err(ClientError::Registry(RegistryError::NotFound(_))) => {}
                 Err(e) => return Err(e),
             }
             out.push(complete("TIMELINE_STATUS"));
         }
         Command::ReaderStatus => {
-            let tl = timeline()?;
+            let tl = ctx.timelines.get(&session.timeline(ctx)?).await?;
             out.push(text_columns(&[
                 "reader_id",
                 "application_name",
@@ -140,7 +146,7 @@ pub fn answer(
             out.push(complete(&format!("SELECT {}", readers.len())));
         }
         Command::Show(name) => {
-            let value = show(ctx, session, &name)?;
+            let value = show(ctx, session, &name).await?;
             out.push(text_columns(&[name.as_str()]));
             out.push(row(&[Some(value)]));
             out.push(complete("SHOW"));
@@ -151,8 +157,7 @@ pub fn answer(
             )));
         }
         Command::ReadReplicationSlot(_) => {
-            let tl = timeline()?;
-            let restart = crate::send_wal::first_servable_lsn(&tl);
+            let restart = status(ctx, session).await?.first_servable_lsn();
             out.push(BeMessage::RowDescription(vec![
                 FieldDescription::text("slot_type"),
                 FieldDescription::text("restart_lsn"),
@@ -192,16 +197,12 @@ pub fn answer(
 }
 
 /// Values of the settings clients ask for.
-fn show(ctx: &ServerCtx, session: &Session, name: &str) -> Result<String, ClientError> {
+async fn show(ctx: &ServerCtx, session: &Session, name: &str) -> Result<String, ClientError> {
     Ok(match name {
         "wal_segment_size" => {
-            let size = match session
-                .timeline(ctx)
-                .ok()
-                .and_then(|t| ctx.timelines.get(&t).ok())
-            {
-                Some(tl) => tl.state().server.wal_seg_size,
-                None => utils::xlog::DEFAULT_WAL_SEG_SIZE,
+            let size = match status(ctx, session).await {
+                Ok(st) => st.server.wal_seg_size,
+                Err(_) => utils::xlog::DEFAULT_WAL_SEG_SIZE,
             };
             format_size(size)
         }
@@ -215,7 +216,7 @@ fn show(ctx: &ServerCtx, session: &Session, name: &str) -> Result<String, Client
         "timezone" => "UTC".into(),
         "max_wal_senders" => "100".into(),
         "wal_sender_timeout" | "wal_receiver_timeout" => "1min".into(),
-        "node_id" => ctx.node_id.to_string(),
+        "node_id" => ctx.node_id().to_string(),
         other => return Err(ClientError::UnknownSetting(other.to_string())),
     })
 }

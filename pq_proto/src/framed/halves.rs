@@ -109,4 +109,9 @@ impl<W: AsyncWrite + Unpin> FramedWriter<W> {
     pub fn get_ref(&self) -> &W {
         &self.stream
     }
+
+    /// The stream half and the unflushed output.
+    pub fn into_inner(self) -> (W, BytesMut) {
+        (self.stream, self.write)
+    }
 }

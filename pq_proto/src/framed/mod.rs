@@ -260,6 +260,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         )
     }
 
+    /// Splits into a reader and a writer with `f` (e.g. `TcpStream::into_split`, whose
+    /// halves can be used from different tasks without a shared lock). The reader keeps
+    /// the bytes already buffered, the writer the unflushed output.
+    pub fn split_with<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        self,
+        f: impl FnOnce(S) -> (R, W),
+    ) -> (FramedReader<R>, FramedWriter<W>) {
+        let (r, w) = f(self.stream);
+        (
+            FramedReader::from_parts(r, self.read),
+            FramedWriter::from_parts(w, self.write),
+        )
+    }
+
     /// Joins the halves of [`Framed::split`] again, keeping both buffers.
     ///
     /// # Panics

@@ -1,13 +1,13 @@
-//! WAL segment files of one timeline: writing, flushing, truncating, and finding the end
-//! of WAL after a restart.
+//! WAL segment files of one timeline: writing, flushing, truncating, and reading back.
 //!
 //! Layout: one file per segment, named as PostgreSQL names them (timeline 1); the one
 //! being written is `<name>.partial` and becomes `<name>` once full. Durability rules,
 //! each applied at exactly one place below:
 //! * a new segment is created at its full size and fsynced with its directory before any
 //!   WAL in it can be acknowledged (so a later fdatasync never has to change its size);
-//!   the next segment is created that way on a background thread as soon as the previous
-//!   one is opened, and joined before the first byte is written into it, so the three
+//!   the next segment is created that way in the background (a disk-pool job, see
+//!   [`prepare`]) as soon as the previous one is opened, and joined before the first byte
+//!   is written into it, so the three
 //!   syncs of a creation are off the write path (a prepared segment left behind by a crash
 //!   is zeros: the end-of-WAL scan stops there and the restart truncation removes it);
 //! * flush = write out what is batched, then fdatasync the segment being written; a full
@@ -21,24 +21,27 @@
 //!   and only then removes later segments, so a crash midway never resurrects a tail.
 //!
 //! Must never: decide what to write (the acceptor does), or be called from async code
-//! directly (it blocks; callers run it on a blocking thread).
+//! directly (it blocks; callers run it on a disk-pool thread).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use utils::xlog::{self, DecoderConfig, WalStreamDecoder};
+use utils::xlog;
 use utils::{Lsn, SegNo};
 
 use crate::durability::SyncMode;
 
 mod io_util;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
 use io_util::{create_segment, pwritev_all};
+use prepare::Preparing;
+
+use crate::disk_pool::DiskPool;
 
 /// Appends are written out once this many bytes are batched (or earlier: a flush, a
 /// segment end).
@@ -80,14 +83,8 @@ pub struct WalStorage {
     next: Option<Preparing>,
     /// Appends handed over but not yet written to the file.
     batch: Batch,
-}
-
-/// A segment file being created (full size, fsynced with its directory) off the write
-/// path.
-#[derive(Debug)]
-struct Preparing {
-    segno: SegNo,
-    job: std::thread::JoinHandle<io::Result<()>>,
+    /// Where background segment creation runs (`None`: on the write path).
+    pool: Option<DiskPool>,
 }
 
 /// What a write did besides writing.
@@ -104,7 +101,13 @@ impl WalStorage {
     /// Opens the WAL of a timeline whose valid WAL ends at `end` (0 = no WAL yet).
     /// Everything at or above `end` is treated as garbage and zeroed/removed by
     /// [`WalStorage::truncate`], which the caller runs once after opening.
-    pub fn open(dir: &Path, seg_size: u32, sync: SyncMode, end: Lsn) -> Self {
+    pub fn open(
+        dir: &Path,
+        seg_size: u32,
+        sync: SyncMode,
+        end: Lsn,
+        pool: Option<DiskPool>,
+    ) -> Self {
         WalStorage {
             dir: dir.to_path_buf(),
             seg_size,
@@ -113,12 +116,18 @@ impl WalStorage {
             current: None,
             next: None,
             batch: Batch::default(),
+            pool,
         }
     }
 
     /// End of the bytes written.
     pub fn write_lsn(&self) -> Lsn {
         self.write_lsn
+    }
+
+    /// The segment size.
+    pub fn seg_size(&self) -> u32 {
+        self.seg_size
     }
 
     /// The directory of the segment files.
@@ -239,7 +248,7 @@ impl WalStorage {
         self.current = None;
         // A segment being prepared must exist (or not) before the listing below.
         if let Some(p) = self.next.take() {
-            join_prepared(p)?;
+            p.join()?;
         }
         let end_segno = end.segment_number(self.seg_size);
         let offset = end.segment_offset(self.seg_size);
@@ -312,7 +321,7 @@ impl WalStorage {
             if let Some(p) = self.next.take() {
                 // Created durably before any byte goes in (or, for another segment
                 // after a truncation, at least finished before we go on).
-                join_prepared(p)?;
+                p.join()?;
             }
             self.current = Some(self.open_segment(segno)?);
             self.prepare(segno + 1);
@@ -326,15 +335,15 @@ impl WalStorage {
         if path.exists() || self.segment_path(segno).exists() {
             return;
         }
-        let (dir, sync, seg_len) = (self.dir.clone(), self.sync, u64::from(self.seg_size));
-        let job = std::thread::Builder::new()
-            .name("wal-segment-prep".into())
-            .spawn(move || create_segment(&dir, &path, seg_len, sync));
-        match job {
-            Ok(job) => self.next = Some(Preparing { segno, job }),
-            // No thread: the segment is created on the write path when it is needed.
-            Err(e) => tracing::warn!("cannot start a thread to prepare segment {segno}: {e}"),
-        }
+        let seg_len = u64::from(self.seg_size);
+        self.next = Some(Preparing::start(
+            segno,
+            &self.dir,
+            path,
+            seg_len,
+            self.sync,
+            self.pool.as_ref(),
+        ));
     }
 
     fn open_segment(&self, segno: SegNo) -> io::Result<OpenSegment> {
@@ -382,21 +391,6 @@ impl WalStorage {
     }
 }
 
-/// Waits for a background segment creation; its error, if any.
-fn join_prepared(p: Preparing) -> io::Result<()> {
-    match p.job.join() {
-        // Someone made it first (only after a truncation): opening checks its size.
-        Ok(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Ok(r) => {
-            r.map_err(|e| io::Error::new(e.kind(), format!("preparing segment {}: {e}", p.segno)))
-        }
-        Err(_) => Err(io::Error::other(format!(
-            "the thread preparing segment {} panicked",
-            p.segno
-        ))),
-    }
-}
-
 /// Opens segment `segno` for reading: the `.partial` name first (the one being written),
 /// then the complete name. `Ok(None)` if neither exists.
 pub fn open_segment_for_read(dir: &Path, segno: SegNo, seg_size: u32) -> io::Result<Option<File>> {
@@ -412,64 +406,4 @@ pub fn open_segment_for_read(dir: &Path, segno: SegNo, seg_size: u32) -> io::Res
         }
     }
     Ok(None)
-}
-
-/// Finds the end of valid WAL by decoding forward from `start` (a record boundary at or
-/// below the end, normally the persisted commit_lsn): the end of the last complete record
-/// whose CRC matches. Stops at a missing segment, the end of a file, or the first record
-/// that does not decode (zeroed space fails with "invalid record length").
-pub fn find_end_of_wal(
-    dir: &Path,
-    start: Lsn,
-    cfg: DecoderConfig,
-    seg_size: u32,
-) -> io::Result<Lsn> {
-    let mut decoder = WalStreamDecoder::new(start, cfg);
-    let mut end = start;
-    let mut pending: Option<Lsn> = None;
-    let mut pos = start;
-    let mut buf = vec![0u8; 256 * 1024];
-    let seg_len = u64::from(seg_size);
-    loop {
-        let segno = pos.segment_number(seg_size);
-        let Some(file) = open_segment_for_read(dir, segno, seg_size)? else {
-            return Ok(end);
-        };
-        let file_len = file.metadata()?.len().min(seg_len);
-        let mut offset = pos.segment_offset(seg_size) as u64;
-        while offset < file_len {
-            let want = buf.len().min((file_len - offset) as usize);
-            let n = file.read_at(&mut buf[..want], offset)?;
-            if n == 0 {
-                break;
-            }
-            offset += n as u64;
-            decoder.feed(&buf[..n]);
-            let fed_end = Lsn(segno * seg_len + offset);
-            loop {
-                match decoder.next_record() {
-                    // A complete record after a pending XLOG_SWITCH completes it too.
-                    Ok(Some(rec)) if rec.end_lsn <= fed_end => {
-                        end = rec.end_lsn;
-                        pending = None;
-                    }
-                    // An XLOG_SWITCH ends at the segment end, past the bytes fed so far.
-                    Ok(Some(rec)) => pending = Some(rec.end_lsn),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::info!(dir = %dir.display(), "end of WAL at {end}: {e}");
-                        return Ok(end);
-                    }
-                }
-            }
-            if let Some(p) = pending.filter(|&p| p <= fed_end) {
-                end = end.max(p);
-                pending = None;
-            }
-        }
-        if offset < seg_len {
-            return Ok(end);
-        }
-        pos = Lsn((segno + 1) * seg_len);
-    }
 }

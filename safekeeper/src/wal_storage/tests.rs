@@ -1,6 +1,8 @@
 //! WalStorage on a real (temporary) filesystem: batched writes land byte for byte, the
 //! next segment is prepared, truncation removes what follows.
 
+use std::os::unix::fs::FileExt;
+
 use super::*;
 
 const SEG: u32 = 1 << 20;
@@ -33,7 +35,7 @@ fn read_range(s: &WalStorage, from: Lsn, to: Lsn) -> Vec<u8> {
 fn small_appends_are_batched_and_land_byte_for_byte_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG));
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, start);
+    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, start, None);
     let mut all = Vec::new();
     let mut pos = start;
     let mut completed = 0;
@@ -70,7 +72,7 @@ fn small_appends_are_batched_and_land_byte_for_byte_across_segments() {
 #[test]
 fn a_write_is_refused_anywhere_but_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn(u64::from(SEG)));
+    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn(u64::from(SEG)), None);
     assert!(s.write(Lsn(u64::from(SEG) + 8), bytes(8, 0)).is_err());
 }
 
@@ -78,7 +80,8 @@ fn a_write_is_refused_anywhere_but_the_end() {
 fn the_next_segment_is_prepared_and_truncation_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG));
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::Sync, start);
+    let pool = DiskPool::new("test", 2);
+    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::Sync, start, Some(pool.clone()));
     s.write(start, bytes(10_000, 1)).unwrap();
     s.flush().unwrap();
     // Segment 2 is being (or has been) created in the background at full size.
@@ -131,8 +134,34 @@ fn the_segment_image_is_readable_right_after_init() {
     // Readers may read below the timeline start once it is elected, before any flush.
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG) + 40);
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn::INVALID);
+    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn::INVALID, None);
     s.init(start, &[9u8; 40]).unwrap();
     assert_eq!(read_range(&s, Lsn(u64::from(SEG)), start), vec![9u8; 40]);
     assert_eq!(s.write_lsn(), start);
+}
+
+#[test]
+fn a_preparation_no_thread_started_is_run_by_the_writer() {
+    // The only pool thread is busy until released: the next segment's creation is queued
+    // behind it, and the writer must not wait for it.
+    let dir = tempfile::tempdir().unwrap();
+    let pool = DiskPool::new("test", 1);
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    pool.spawn(move || {
+        let _ = blocked.recv();
+    })
+    .unwrap();
+    let start = Lsn(u64::from(SEG));
+    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, start, Some(pool.clone()));
+    s.write(start, bytes(100, 1)).unwrap();
+    let fill = u64::from(SEG) - 100 + 10;
+    assert_eq!(
+        s.write(Lsn(start.0 + 100), bytes(fill as usize, 2))
+            .unwrap(),
+        WriteOutcome::SegmentCompleted
+    );
+    s.flush().unwrap();
+    assert!(s.partial_path(2).exists());
+    release.send(()).unwrap();
+    pool.shutdown();
 }

@@ -11,6 +11,7 @@ pub mod file_name;
 pub mod image;
 pub mod page;
 pub mod record;
+pub mod record_ends;
 pub mod writer;
 
 pub use constants::{
@@ -24,4 +25,5 @@ pub use file_name::{PARTIAL_SUFFIX, parse_xlog_file_name, xlog_file_name};
 pub use image::first_segment_image;
 pub use page::{ShortBuffer, XLogLongPageHeader, XLogPageHeader};
 pub use record::XLogRecordHeader;
+pub use record_ends::RecordEnds;
 pub use writer::{GeneratedRecord, WalGenerator};

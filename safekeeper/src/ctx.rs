@@ -1,0 +1,91 @@
+//! What the whole server shares: its configuration, the timeline registry, the metrics,
+//! the shutdown token and the runtime WAL senders run on. Built by [`crate::server`],
+//! passed to every connection.
+//!
+//! Owns: [`Config`] and [`ServerCtx`]. Must never: hold mutable state of its own (each
+//! part synchronizes itself).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use utils::NodeId;
+
+use crate::durability::SyncMode;
+use crate::metrics::Metrics;
+use crate::storage::StorageHook;
+use crate::timelines::Timelines;
+
+/// Server settings.
+#[derive(Clone)]
+pub struct Config {
+    /// This safekeeper's node id.
+    pub id: NodeId,
+    /// The data directory.
+    pub datadir: PathBuf,
+    /// Whether syncs are real.
+    pub sync: SyncMode,
+    /// Connections served at once; more get "too many clients".
+    pub max_connections: usize,
+    /// Threads for WAL writes, fsyncs and other disk work of timelines (the ceiling of
+    /// the WAL pool).
+    pub wal_io_threads: usize,
+    /// Threads for WAL reads of senders that miss the page cache.
+    pub read_io_threads: usize,
+    /// Worker threads of the runtime WAL senders run on.
+    pub sender_threads: usize,
+    /// A hook in front of every storage operation, for tests (`None` in production).
+    pub storage_hook: Option<Arc<dyn StorageHook>>,
+}
+
+impl Config {
+    /// The defaults for a node and a data directory (fsync on).
+    pub fn new(id: NodeId, datadir: PathBuf) -> Self {
+        Config {
+            id,
+            datadir,
+            sync: SyncMode::Sync,
+            max_connections: 1000,
+            wal_io_threads: 16,
+            read_io_threads: 8,
+            sender_threads: 2,
+            storage_hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("id", &self.id)
+            .field("datadir", &self.datadir)
+            .field("sync", &self.sync)
+            .field("max_connections", &self.max_connections)
+            .field("wal_io_threads", &self.wal_io_threads)
+            .field("read_io_threads", &self.read_io_threads)
+            .field("sender_threads", &self.sender_threads)
+            .field("storage_hook", &self.storage_hook.is_some())
+            .finish()
+    }
+}
+
+/// What every connection shares.
+pub struct ServerCtx {
+    /// The settings the server started with.
+    pub conf: Config,
+    /// The timelines.
+    pub timelines: Arc<Timelines>,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled on SIGTERM/SIGINT (each timeline's token is a child of it).
+    pub shutdown: CancellationToken,
+    /// The runtime WAL senders run on (owned by the server, shut down with it).
+    pub senders: tokio::runtime::Handle,
+}
+
+impl ServerCtx {
+    /// This safekeeper's id.
+    pub fn node_id(&self) -> NodeId {
+        self.conf.id
+    }
+}

@@ -1,0 +1,220 @@
+//! [`Executor`]: the acceptor and a storage, stepped together.
+//!
+//! Group commit, as a contract with the caller: an AppendRequest in the current term is
+//! written at once and its connection is *owed* an answer; the caller keeps stepping
+//! while input is queued and calls [`Executor::flush_owed`] when the queue is empty, which
+//! costs one fdatasync however many requests and connections came before it and answers
+//! every owed connection. A write that completes a segment (durable already) answers at
+//! once instead, so commits waiting on it are released without waiting for the queue.
+
+use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
+use utils::{Lsn, NodeId, TenantTimelineId};
+
+use super::error::{OpenError, TimelineError};
+use crate::acceptor::{Acceptor, Effect, Progress, Reply};
+use crate::state::TimelineState;
+use crate::storage::{Storage, WriteOutcome, find_end_of_wal};
+
+/// A proposer connection of a timeline (unique per server run).
+pub type ConnId = u64;
+
+/// A reply for one connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The connection to send it on.
+    pub conn: ConnId,
+    /// The message.
+    pub msg: AcceptorMessage,
+}
+
+/// The acceptor of one timeline over its storage.
+#[derive(Debug)]
+pub struct Executor<S> {
+    acceptor: Acceptor,
+    storage: S,
+    /// Connections owed an AppendResponse, in the order they became owed.
+    owed: Vec<ConnId>,
+    /// Set after a storage error: the in-memory state may be ahead of the disk.
+    broken: bool,
+}
+
+impl<S: Storage> Executor<S> {
+    /// The restart path: reads the control file, finds the end of WAL by decoding forward
+    /// from the persisted commit_lsn (WAL at or above it is never removed, so it is a
+    /// record boundary that exists), and cuts whatever lies past that end — it was never
+    /// acknowledged, and must never be mistaken for WAL later.
+    pub fn open(
+        mut storage: S,
+        ttid: TenantTimelineId,
+        node_id: NodeId,
+    ) -> Result<Self, OpenError> {
+        let state = storage.load_control()?;
+        if state.ttid != ttid {
+            return Err(OpenError::Corrupt(format!(
+                "the control file of timeline {ttid} belongs to timeline {}",
+                state.ttid
+            )));
+        }
+        let mut flush_lsn = Lsn::INVALID;
+        if state.commit_lsn.is_valid() {
+            let s = state.server;
+            let cfg = utils::xlog::DecoderConfig::new(s.pg_version, s.wal_seg_size, s.system_id);
+            flush_lsn = find_end_of_wal(&mut storage, state.commit_lsn, cfg)?;
+        }
+        storage.truncate_wal(flush_lsn)?;
+        Ok(Self::new(storage, node_id, state, flush_lsn))
+    }
+
+    /// An executor over `storage`, whose persisted state is `state` and whose WAL ends at
+    /// `flush_lsn` (a record boundary; 0 for none).
+    pub fn new(storage: S, node_id: NodeId, state: TimelineState, flush_lsn: Lsn) -> Self {
+        Executor {
+            acceptor: Acceptor::new(node_id, state, flush_lsn),
+            storage,
+            owed: Vec::new(),
+            broken: false,
+        }
+    }
+
+    /// The acceptor (its in-memory state is what the last step left).
+    pub fn acceptor(&self) -> &Acceptor {
+        &self.acceptor
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage, mutably (tests and the simulation arm faults through it).
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// True after a storage error.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// True if some connection is owed an AppendResponse (the caller must call
+    /// [`Executor::flush_owed`] once its queue is empty).
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    fn ttid(&self) -> TenantTimelineId {
+        self.acceptor.state().ttid
+    }
+
+    fn usable(&self) -> Result<(), TimelineError> {
+        if self.broken {
+            return Err(TimelineError::Broken(self.ttid()));
+        }
+        Ok(())
+    }
+
+    /// Steps one message from `conn` and performs its effects. Returns what to send now:
+    /// this message's answer, or, when the step completed a segment, the answers of every
+    /// owed connection. An acceptor error refuses only this message (its connection should
+    /// end); a storage error breaks the executor.
+    pub fn propose(
+        &mut self,
+        conn: ConnId,
+        msg: ProposerMessage,
+    ) -> Result<Vec<Sent>, TimelineError> {
+        self.usable()?;
+        let out = self.acceptor.process(msg)?;
+        let segment_completed = self.perform(out.effects)?;
+        match out.reply {
+            Reply::Now(msg) => Ok(vec![Sent { conn, msg }]),
+            Reply::None => Ok(Vec::new()),
+            Reply::AfterFlush => {
+                if !self.owed.contains(&conn) {
+                    self.owed.push(conn);
+                }
+                if segment_completed {
+                    self.flush_owed()
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        }
+    }
+
+    /// Group commit: one flush, and the same AppendResponse for every owed connection.
+    pub fn flush_owed(&mut self) -> Result<Vec<Sent>, TimelineError> {
+        if self.owed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.usable()?;
+        let out = self.acceptor.flush();
+        self.perform(out.effects)?;
+        let Reply::Now(msg) = out.reply else {
+            unreachable!("the acceptor's flush always answers");
+        };
+        Ok(self
+            .owed
+            .drain(..)
+            .map(|conn| Sent {
+                conn,
+                msg: msg.clone(),
+            })
+            .collect())
+    }
+
+    /// `conn` is gone: nothing is owed to it any more, and (as at every disconnect)
+    /// written WAL is made durable and lazily kept state persisted.
+    pub fn disconnect(&mut self, conn: ConnId) -> Result<(), TimelineError> {
+        self.owed.retain(|&c| c != conn);
+        self.checkpoint()
+    }
+
+    /// Takes a position reported by someone other than the proposer.
+    pub fn update(&mut self, p: Progress) -> Result<(), TimelineError> {
+        self.usable()?;
+        let out = self.acceptor.update(p);
+        self.perform(out.effects).map(|_| ())
+    }
+
+    /// Makes written WAL durable and persists lazily kept state that moved. A broken
+    /// executor does nothing (its state may be ahead of the disk).
+    pub fn checkpoint(&mut self) -> Result<(), TimelineError> {
+        if self.broken {
+            return Ok(());
+        }
+        let mut effects = vec![Effect::FlushWal];
+        effects.extend(self.acceptor.checkpoint());
+        self.perform(effects).map(|_| ())
+    }
+
+    /// Performs effects in order; true if a write completed a segment.
+    fn perform(&mut self, effects: Vec<Effect>) -> Result<bool, TimelineError> {
+        let mut segment_completed = false;
+        for effect in effects {
+            let res = match effect {
+                Effect::InitWal { start, image } => self.storage.init_wal(start, &image),
+                Effect::WriteWal { lsn, data } => {
+                    self.storage.write_wal(lsn, data).map(|outcome| {
+                        segment_completed |= outcome == WriteOutcome::SegmentCompleted;
+                    })
+                }
+                Effect::FlushWal => self.storage.flush_wal(),
+                Effect::TruncateWal { end } => self.storage.truncate_wal(end),
+                Effect::PersistControl(state) => {
+                    let r = self.storage.persist_control(&state);
+                    if r.is_ok() {
+                        self.acceptor.mark_persisted(&state);
+                    }
+                    r
+                }
+            };
+            if let Err(source) = res {
+                self.broken = true;
+                let ttid = self.ttid();
+                tracing::error!(%ttid, "storage error, the timeline will be reloaded: {source}");
+                return Err(TimelineError::Storage { ttid, source });
+            }
+        }
+        Ok(segment_completed)
+    }
+}

@@ -1,0 +1,307 @@
+//! The sending side of one replication stream: wait for WAL on the status watch, read a
+//! chunk, send it as XLogData, keep the stream alive when idle, end it at a stop point.
+//!
+//! Owns: [`Sender`]. Must never: read above the end this stream may send (commit_lsn, or
+//! flush_lsn in its term), or hold a lock across an `.await`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pq_proto::backend::BeMessage;
+use pq_proto::replication::{
+    PrimaryKeepalive, ReplicationServerMessage, pg_timestamp_now, write_xlog_data_frame,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use utils::{Lsn, Term};
+
+use super::{End, ReplyTask, check_start, chunk_len};
+use crate::command::StartReplication;
+use crate::errors::ClientError;
+use crate::session::{ConnReader, ConnWriter};
+use crate::timeline::{Timeline, TimelineError, TimelineStatus};
+use crate::wal_reader::WalReader;
+
+/// How long a stream may be idle before a keepalive asks for a reply.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long to wait for the client's CopyDone after ours at a stop point.
+const COPY_DONE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What woke the sender while it had nothing to send.
+enum Wake {
+    /// New WAL (or a term change) may be there.
+    Changed,
+    /// A keepalive is due.
+    Idle,
+    /// The reply task ended: the client sent CopyDone or went away.
+    ClientEnded(Option<ConnReader>),
+}
+
+/// One stream's sending side.
+pub(super) struct Sender<'a> {
+    pub(super) w: &'a mut ConnWriter,
+    pub(super) tl: &'a Arc<Timeline>,
+    pub(super) shutdown: &'a CancellationToken,
+    pub(super) term: Option<Term>,
+    pub(super) reader_id: u64,
+    /// Next LSN to send.
+    pub(super) pos: Lsn,
+    /// When the last frame went out (keepalives are due a second after it).
+    pub(super) last_sent: Instant,
+}
+
+impl Sender<'_> {
+    /// The end of WAL this stream may send, or the term-change error.
+    fn end_pos(&self, st: &TimelineStatus) -> Result<Lsn, ClientError> {
+        match self.term {
+            None => Ok(st.commit_lsn),
+            Some(t) if st.term != t => Err(term_changed(t, st.term)),
+            Some(_) => Ok(st.flush_lsn),
+        }
+    }
+
+    /// Why the stream must end now, if it must: the server or the timeline shutting down.
+    fn cancelled(&self) -> Option<ClientError> {
+        if self.shutdown.is_cancelled() {
+            Some(ClientError::Shutdown)
+        } else if self.tl.cancelled().is_cancelled() {
+            Some(timeline_ended(self.tl))
+        } else {
+            None
+        }
+    }
+
+    pub(super) async fn stream(
+        &mut self,
+        args: &StartReplication,
+        replies: &mut ReplyTask,
+    ) -> Result<End, ClientError> {
+        let mut status_rx = self.tl.subscribe();
+        let seg_size = self.tl.seg_size();
+        let mut reader = Some(WalReader::new(self.tl.dir().to_path_buf(), seg_size));
+        let mut started = false;
+        loop {
+            // A client that sent CopyDone (pg_receivewal at --endpos) or left while we
+            // were busy sending is noticed here, not only when idle.
+            if replies.is_finished() {
+                return self.client_ended(replies.await).await;
+            }
+            if let Some(e) = self.cancelled() {
+                return Err(e);
+            }
+            // Mark the current value seen before reading it: a change after this point
+            // wakes the wait below.
+            let st = status_rx.borrow_and_update().clone();
+            let end = self.end_pos(&st)?;
+            if !started && end.is_valid() {
+                // WAL exists: resolve `0/0` to the current end and check the start again
+                // (the timeline may have had no WAL when the stream was requested).
+                if !self.pos.is_valid() {
+                    self.pos = end;
+                }
+                check_start(&st, self.tl.ttid, self.pos)?;
+                started = true;
+            }
+            if let Some(stop) = args.stop.filter(|&s| started && self.pos >= s) {
+                tracing::debug!("stop point {stop} reached");
+                return self.finish(replies).await;
+            }
+            let limit = args.stop.map_or(end, |s| s.min(end));
+            if started && self.pos < limit {
+                let n = chunk_len(self.pos, limit, seg_size);
+                let r = reader
+                    .take()
+                    .expect("the reader is put back after every read");
+                let sent = self.send_chunk(r, &mut reader, n, end).await?;
+                self.pos = Lsn(self.pos.0 + sent as u64);
+                let pos = self.pos;
+                self.tl
+                    .feedback
+                    .update(self.reader_id, |f| f.sent_lsn = pos);
+                continue;
+            }
+            match self.wait(&mut status_rx, replies).await? {
+                Wake::Changed => {}
+                Wake::Idle => {
+                    ReplicationServerMessage::Keepalive(PrimaryKeepalive {
+                        wal_end: end,
+                        send_time: pg_timestamp_now(),
+                        reply_requested: true,
+                    })
+                    .encode_frame(self.w.write_buf());
+                    self.flush().await?;
+                    self.last_sent = Instant::now();
+                }
+                Wake::ClientEnded(r) => return self.client_ended(Ok(Ok(r))).await,
+            }
+        }
+    }
+
+    /// Reads `n` bytes at `pos` (from the page cache right here if they are there, else
+    /// on the read pool), straight from the reader's reused buffer into the connection's
+    /// write buffer, and sends them as one XLogData. Returns the number of WAL bytes sent.
+    async fn send_chunk(
+        &mut self,
+        mut r: WalReader,
+        slot: &mut Option<WalReader>,
+        n: usize,
+        end: Lsn,
+    ) -> Result<usize, ClientError> {
+        // Commit mode, bytes in the page cache: read right here (committed WAL is never
+        // cut, and the read cannot block).
+        if self.term.is_none()
+            && let Some(data) = r.read_cached(self.pos, n)
+        {
+            let sent = data.len();
+            write_xlog_data_frame(self.w.write_buf(), self.pos, end, pg_timestamp_now(), data);
+            *slot = Some(r);
+            self.flush().await?;
+            self.last_sent = Instant::now();
+            return Ok(sent);
+        }
+        let mut out = std::mem::take(self.w.write_buf());
+        let (tl, term, pos) = (self.tl.clone(), self.term, self.pos);
+        let joined = self
+            .tl
+            .read_pool()
+            .run(move || {
+                let res = read_frame(&mut r, &tl, term, pos, n, end, &mut out);
+                (r, out, res)
+            })
+            .await;
+        let (r, out, res) =
+            joined.map_err(|e| ClientError::Unexpected(format!("WAL reader task failed: {e}")))?;
+        *slot = Some(r);
+        *self.w.write_buf() = out;
+        let sent = res?;
+        self.flush().await?;
+        self.last_sent = Instant::now();
+        Ok(sent)
+    }
+
+    async fn wait(
+        &self,
+        status_rx: &mut watch::Receiver<TimelineStatus>,
+        replies: &mut ReplyTask,
+    ) -> Result<Wake, ClientError> {
+        let changed = async {
+            if status_rx.changed().await.is_err() {
+                // The timeline is gone; its cancellation (below) ends the stream.
+                std::future::pending::<()>().await;
+            }
+        };
+        // All branches are cancel-safe: watch `changed`, a JoinHandle, a sleep and
+        // cancellation tokens can be dropped and polled again without losing anything.
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(ClientError::Shutdown),
+            _ = self.tl.cancelled().cancelled() => Err(timeline_ended(self.tl)),
+            r = replies => match r {
+                Ok(Ok(reader)) => Ok(Wake::ClientEnded(reader)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Ok(Wake::ClientEnded(None)),
+            },
+            _ = changed => Ok(Wake::Changed),
+            _ = tokio::time::sleep_until(self.last_sent + KEEPALIVE_INTERVAL) => Ok(Wake::Idle),
+        }
+    }
+
+    /// The reply task ended: a CopyDone is answered with ours (a clean end).
+    async fn client_ended(
+        &mut self,
+        r: Result<Result<Option<ConnReader>, ClientError>, tokio::task::JoinError>,
+    ) -> Result<End, ClientError> {
+        match r {
+            Ok(Ok(Some(reader))) => {
+                self.w.write_be(&BeMessage::CopyDone);
+                Ok(End::Done(reader))
+            }
+            Ok(Ok(None)) | Err(_) => Ok(End::Closed),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Ends the stream at the stop point: CopyDone, then wait (bounded) for the client's.
+    async fn finish(&mut self, replies: &mut ReplyTask) -> Result<End, ClientError> {
+        self.w.write_be(&BeMessage::CopyDone);
+        self.flush().await?;
+        let waited = tokio::select! {
+            r = tokio::time::timeout(COPY_DONE_TIMEOUT, replies) => r,
+            _ = self.shutdown.cancelled() => return Err(ClientError::Shutdown),
+            _ = self.tl.cancelled().cancelled() => return Err(timeline_ended(self.tl)),
+        };
+        match waited {
+            Ok(Ok(Ok(Some(reader)))) => Ok(End::Done(reader)),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(None)) | Err(_)) => Ok(End::Closed),
+            Err(_) => Err(ClientError::Unexpected(format!(
+                "no CopyDone from the client within {COPY_DONE_TIMEOUT:?} after the stop point"
+            ))),
+        }
+    }
+
+    /// Sends what is buffered. Gives up when the stream is cancelled, so that a client
+    /// that stopped reading cannot keep a shutdown waiting (a cancelled flush leaves the
+    /// unsent rest buffered, so the stream stays well-formed; see `pq_proto::framed`).
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        let (shutdown, tl) = (self.shutdown, self.tl);
+        tokio::select! {
+            r = self.w.flush() => Ok(r?),
+            _ = shutdown.cancelled() => Err(ClientError::Shutdown),
+            _ = tl.cancelled().cancelled() => Err(timeline_ended(tl)),
+        }
+    }
+}
+
+/// Why a stream ends when its timeline is cancelled (the server's own shutdown is
+/// checked first by the callers).
+fn timeline_ended(tl: &Timeline) -> ClientError {
+    if tl.is_broken() {
+        TimelineError::Broken(tl.ttid).into()
+    } else {
+        TimelineError::ShuttingDown(tl.ttid).into()
+    }
+}
+
+fn term_changed(requested: Term, now: Term) -> ClientError {
+    ClientError::TermChanged {
+        requested: requested.0,
+        now: now.0,
+    }
+}
+
+/// Reads one chunk (not crossing a segment) and appends it to `out` as an XLogData frame.
+/// In term mode with truncations held off, after checking the term; the reader's cached
+/// file is dropped first there, since an election in that term may have removed and
+/// recreated the segment. Blocking: runs on the read pool.
+fn read_frame(
+    r: &mut WalReader,
+    tl: &Timeline,
+    term: Option<Term>,
+    pos: Lsn,
+    n: usize,
+    end: Lsn,
+    out: &mut BytesMut,
+) -> Result<usize, ClientError> {
+    let mut read = |r: &mut WalReader| {
+        let data = r.read(pos, n).map_err(|source| ClientError::ReadWal {
+            ttid: tl.ttid,
+            source,
+        })?;
+        // One copy, from the reused read buffer into the output buffer. (Reading straight
+        // into `out` would need the CopyData/XLogData header written outside pq_proto.)
+        write_xlog_data_frame(out, pos, end, pg_timestamp_now(), data);
+        Ok(data.len())
+    };
+    match term {
+        None => read(r),
+        Some(t) => {
+            r.reset();
+            let upto = Lsn(pos.0 + n as u64);
+            tl.read_in_term(t, upto, || read(r))
+                .unwrap_or_else(|| Err(term_changed(t, tl.status().term)))
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The real storage of a timeline: its directory's segment files ([`WalStorage`]) and
+//! control file ([`control_file`]), behind the [`Storage`] seam.
+//!
+//! Owns: the mapping of the seam's operations onto those two modules, the read handle of
+//! the end-of-WAL scan, and the call of the test hook before every operation. Must never:
+//! add a durability rule of its own (each lives in the module that applies it).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use utils::{Lsn, SegNo, TenantTimelineId};
+
+use super::{Storage, StorageHook, StorageOp};
+use crate::control_file::{self, ControlFileError};
+use crate::disk_pool::DiskPool;
+use crate::durability::SyncMode;
+use crate::state::TimelineState;
+use crate::wal_storage::{WalStorage, WriteOutcome, open_segment_for_read};
+
+/// The files of one timeline.
+pub struct FileStorage {
+    ttid: TenantTimelineId,
+    dir: PathBuf,
+    sync: SyncMode,
+    wal: WalStorage,
+    hook: Option<Arc<dyn StorageHook>>,
+    /// The segment the end-of-WAL scan reads.
+    scan: Option<(SegNo, File)>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("ttid", &self.ttid)
+            .field("dir", &self.dir)
+            .field("wal", &self.wal)
+            .finish()
+    }
+}
+
+impl FileStorage {
+    /// The storage of the timeline in `dir`, whose WAL segments are `seg_size` bytes.
+    /// Background work (preparing the next segment) goes to `pool`.
+    pub fn new(
+        ttid: TenantTimelineId,
+        dir: &Path,
+        seg_size: u32,
+        sync: SyncMode,
+        pool: Option<DiskPool>,
+        hook: Option<Arc<dyn StorageHook>>,
+    ) -> Self {
+        FileStorage {
+            ttid,
+            dir: dir.to_path_buf(),
+            sync,
+            wal: WalStorage::open(dir, seg_size, sync, Lsn::INVALID, pool),
+            hook,
+            scan: None,
+        }
+    }
+
+    /// Reads the control file of the timeline in `dir` (before the segment size is
+    /// known, so before a [`FileStorage`] can be made).
+    pub fn read_control(
+        ttid: &TenantTimelineId,
+        dir: &Path,
+        hook: Option<&Arc<dyn StorageHook>>,
+    ) -> Result<TimelineState, ControlFileError> {
+        if let Some(h) = hook {
+            h.before(ttid, StorageOp::LoadControl)
+                .map_err(|source| ControlFileError::Io {
+                    path: dir.join(control_file::CONTROL_FILE_NAME),
+                    source,
+                })?;
+        }
+        control_file::load(dir)
+    }
+
+    /// The timeline's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The segment files.
+    pub fn wal(&self) -> &WalStorage {
+        &self.wal
+    }
+
+    fn before(&self, op: StorageOp) -> io::Result<()> {
+        match &self.hook {
+            Some(h) => h.before(&self.ttid, op),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn load_control(&mut self) -> Result<TimelineState, ControlFileError> {
+        Self::read_control(&self.ttid, &self.dir, self.hook.as_ref())
+    }
+
+    fn persist_control(&mut self, state: &TimelineState) -> io::Result<()> {
+        self.before(StorageOp::PersistControl)?;
+        control_file::persist(&self.dir, state, self.sync)
+    }
+
+    fn init_wal(&mut self, start: Lsn, image: &[u8]) -> io::Result<()> {
+        self.before(StorageOp::InitWal)?;
+        self.wal.init(start, image)
+    }
+
+    fn write_wal(&mut self, lsn: Lsn, data: Bytes) -> io::Result<WriteOutcome> {
+        self.before(StorageOp::WriteWal)?;
+        self.wal.write(lsn, data)
+    }
+
+    fn flush_wal(&mut self) -> io::Result<()> {
+        self.before(StorageOp::FlushWal)?;
+        self.wal.flush()
+    }
+
+    fn truncate_wal(&mut self, end: Lsn) -> io::Result<()> {
+        self.before(StorageOp::TruncateWal)?;
+        self.scan = None;
+        self.wal.truncate(end)
+    }
+
+    fn read_wal(&mut self, lsn: Lsn, buf: &mut [u8]) -> io::Result<usize> {
+        self.before(StorageOp::ReadWal)?;
+        let seg_size = self.wal.seg_size();
+        let segno = lsn.segment_number(seg_size);
+        if self.scan.as_ref().map(|(s, _)| *s) != Some(segno) {
+            self.scan = match open_segment_for_read(&self.dir, segno, seg_size)? {
+                Some(f) => Some((segno, f)),
+                None => return Ok(0),
+            };
+        }
+        let (_, file) = self.scan.as_ref().expect("opened above");
+        let file_len = file.metadata()?.len().min(u64::from(seg_size));
+        let offset = lsn.segment_offset(seg_size) as u64;
+        if offset >= file_len {
+            return Ok(0);
+        }
+        let n = buf.len().min((file_len - offset) as usize);
+        file.read_at(&mut buf[..n], offset)
+    }
+}

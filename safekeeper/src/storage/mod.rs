@@ -1,0 +1,84 @@
+//! The storage seam of a timeline: everything the ingest executor does to a disk, as one
+//! trait, so that the server's files and the simulation's in-memory disk run the same
+//! executor code (steps, effects, group commit, the restart path).
+//!
+//! Each method states its durability contract; an implementation must keep it exactly,
+//! since the executor sends replies (promises about the disk) right after the calls
+//! return. [`FileStorage`] is the real one; the simulation's disk lives in
+//! `integration_tests::sim` and injects crashes between calls.
+//!
+//! Owns: the trait, the end-of-WAL scan written once over it ([`find_end_of_wal`]), and the
+//! test hook of the real storage ([`hook`]). Must never: decide what to write.
+
+mod file;
+pub mod hook;
+
+use std::io;
+
+use bytes::Bytes;
+use utils::Lsn;
+use utils::xlog::{DecoderConfig, RecordEnds};
+
+pub use file::FileStorage;
+pub use hook::{StorageHook, StorageOp};
+
+use crate::control_file::ControlFileError;
+use crate::state::TimelineState;
+pub use crate::wal_storage::WriteOutcome;
+
+/// What a timeline's executor needs from a disk.
+pub trait Storage {
+    /// Reads the persisted state (the control file), checked. Used by the restart path.
+    fn load_control(&mut self) -> Result<TimelineState, ControlFileError>;
+
+    /// Durably replaces the persisted state: when this returns, a crash leaves either the
+    /// old state or this one, whole.
+    fn persist_control(&mut self, state: &TimelineState) -> io::Result<()>;
+
+    /// Starts the WAL of a timeline that has none at `start`: the segment holding `start`
+    /// gets `image` (its synthetic beginning) before `start`. Need not be durable by itself
+    /// (a later flush is), but must be readable by the next read.
+    fn init_wal(&mut self, start: Lsn, image: &[u8]) -> io::Result<()>;
+
+    /// Writes `data` at `lsn`, the end of the WAL written so far. Not durable until
+    /// [`Storage::flush_wal`], except that a write completing a segment makes that segment
+    /// durable before it returns ([`WriteOutcome::SegmentCompleted`]).
+    fn write_wal(&mut self, lsn: Lsn, data: Bytes) -> io::Result<WriteOutcome>;
+
+    /// Makes everything written durable.
+    fn flush_wal(&mut self) -> io::Result<()>;
+
+    /// Durably cuts the WAL at `end` and continues writing there: nothing at or above
+    /// `end` may be found again, even after a crash midway. `Lsn(0)` removes all WAL.
+    fn truncate_wal(&mut self, end: Lsn) -> io::Result<()>;
+
+    /// Reads WAL at `lsn` into `buf` for the end-of-WAL scan, never across a segment
+    /// boundary: the number of bytes read, 0 where there is no more WAL (a missing or
+    /// short segment).
+    fn read_wal(&mut self, lsn: Lsn, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// Finds the end of valid WAL by decoding forward from `start` (a record boundary at or
+/// below the end, normally the persisted commit_lsn): the end of the last complete record
+/// whose CRC matches. Stops where there is no more WAL or at the first record that does
+/// not decode (zeroed space fails with "invalid record length").
+pub fn find_end_of_wal<S: Storage + ?Sized>(
+    storage: &mut S,
+    start: Lsn,
+    cfg: DecoderConfig,
+) -> io::Result<Lsn> {
+    let mut ends = RecordEnds::new(start, cfg);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut pos = start;
+    loop {
+        let n = storage.read_wal(pos, &mut buf)?;
+        if n == 0 {
+            return Ok(ends.end());
+        }
+        if let Err(e) = ends.feed(&buf[..n]) {
+            tracing::info!("end of WAL at {}: {e}", ends.end());
+            return Ok(ends.end());
+        }
+        pos = Lsn(pos.0 + n as u64);
+    }
+}

@@ -1,0 +1,268 @@
+//! One timeline in memory: its ingest executor, the inbox that feeds it, the published
+//! status, and its lifecycle (a cancellation token and the tasks it owns).
+//!
+//! Owns:
+//! * the order "step → perform effects → publish", done by the ingest loop on a disk-pool
+//!   thread ([`ingest`]): every input of the timeline (proposer messages of any
+//!   connection, progress reports, checkpoints) goes through one inbox, so all see one
+//!   sequence of states;
+//! * the status snapshot ([`status`]), published after every step: readers and status
+//!   queries never take the executor's lock;
+//! * the lifecycle: [`Timeline::cancelled`] ends every stream of the timeline promptly,
+//!   [`Timeline::shutdown`] waits for them and for the ingest loop, then checkpoints.
+//!
+//! Must never: be locked across an `.await` (the executor's lock is a std mutex, held only
+//! on pool threads), or take input after its shutdown began.
+
+mod ingest;
+mod reads;
+pub mod status;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use utils::TenantTimelineId;
+
+pub use ingest::{Input, ReplyTo};
+pub use status::TimelineStatus;
+
+use crate::disk_pool::DiskPool;
+use crate::feedback::Feedback;
+pub use crate::ingest::TimelineError;
+use crate::ingest::{ConnId, Executor};
+use crate::metrics::Metrics;
+use crate::storage::FileStorage;
+
+/// How often an idle timeline persists lazily kept state that moved.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the ingest loop holds while it runs.
+struct Core {
+    exec: Executor<FileStorage>,
+    /// Where each proposer connection's replies go.
+    reply_to: HashMap<ConnId, Arc<dyn ReplyTo>>,
+}
+
+/// Inputs waiting for the ingest loop.
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<Input>,
+    /// The loop is queued on the pool or running (at most one at a time).
+    running: bool,
+}
+
+/// What a timeline needs from the server.
+#[derive(Clone)]
+pub struct TimelineCtx {
+    /// Where the ingest loop and the timeline's other disk work run.
+    pub wal_pool: DiskPool,
+    /// Where senders read WAL that is not in the page cache.
+    pub read_pool: DiskPool,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One timeline in memory.
+pub struct Timeline {
+    /// Which timeline.
+    pub ttid: TenantTimelineId,
+    dir: PathBuf,
+    seg_size: u32,
+    ctx: TimelineCtx,
+    core: Mutex<Core>,
+    inbox: Mutex<Inbox>,
+    status: watch::Sender<TimelineStatus>,
+    /// Held for writing by the steps that may cut or replace WAL (ProposerElected), until
+    /// their status is published; term-mode reads hold it for reading, so no truncation
+    /// can change bytes while they read them.
+    cut: RwLock<()>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Feedback of the timeline's readers (replicas, pageservers).
+    pub feedback: Feedback,
+    computes: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+impl Timeline {
+    /// Wraps a loaded executor. `parent` is the server's shutdown token: cancelling it
+    /// ends the timeline's streams too.
+    pub fn new(
+        exec: Executor<FileStorage>,
+        ctx: TimelineCtx,
+        parent: &CancellationToken,
+    ) -> Arc<Self> {
+        let acceptor = exec.acceptor();
+        let ttid = acceptor.state().ttid;
+        let seg_size = acceptor.state().server.wal_seg_size;
+        let (status, _) = watch::channel(TimelineStatus::of(acceptor, false));
+        let dir = exec.storage().dir().to_path_buf();
+        let tl = Arc::new(Timeline {
+            ttid,
+            dir,
+            seg_size,
+            ctx,
+            core: Mutex::new(Core {
+                exec,
+                reply_to: HashMap::new(),
+            }),
+            inbox: Mutex::new(Inbox::default()),
+            status,
+            cut: RwLock::new(()),
+            cancel: parent.child_token(),
+            tasks: TaskTracker::new(),
+            feedback: Feedback::default(),
+            computes: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        tl.start_checkpoints();
+        tl
+    }
+
+    /// The timeline's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The WAL segment size.
+    pub fn seg_size(&self) -> u32 {
+        self.seg_size
+    }
+
+    /// The status as of the last step.
+    pub fn status(&self) -> TimelineStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A watch of the status, for senders waiting on new WAL.
+    pub fn subscribe(&self) -> watch::Receiver<TimelineStatus> {
+        self.status.subscribe()
+    }
+
+    /// True after a storage error: the registry reloads such a timeline from disk.
+    pub fn is_broken(&self) -> bool {
+        self.status.borrow().broken
+    }
+
+    /// Cancelled when the timeline shuts down: every stream of it ends.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Counts a stream of this timeline (a proposer connection, a WAL sender) until the
+    /// token is dropped: [`Timeline::shutdown`] waits for it.
+    pub fn stream_token(&self) -> TaskTrackerToken {
+        self.tasks.token()
+    }
+
+    /// Runs `fut` as a task of this timeline on `rt` (the caller's runtime when `None`):
+    /// [`Timeline::shutdown`] waits for it.
+    pub fn spawn<F>(
+        &self,
+        rt: Option<&tokio::runtime::Handle>,
+        fut: F,
+    ) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match rt {
+            Some(rt) => self.tasks.spawn_on(fut, rt),
+            None => self.tasks.spawn(fut),
+        }
+    }
+
+    /// Where senders read WAL that is not cached.
+    pub fn read_pool(&self) -> &DiskPool {
+        &self.ctx.read_pool
+    }
+
+    /// A new id for a proposer connection.
+    pub fn new_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of proposer connections streaming into this timeline.
+    pub fn computes(&self) -> usize {
+        self.computes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a proposer connection for as long as the guard lives.
+    pub fn compute_guard(self: &Arc<Self>) -> ComputeGuard {
+        self.computes.fetch_add(1, Ordering::Relaxed);
+        ComputeGuard(self.clone())
+    }
+
+    /// Ends the timeline: cancels its streams, waits for them and for its ingest loop,
+    /// then makes written WAL durable and persists lazily kept state. Idempotent.
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let tl = self.clone();
+        let r = self
+            .ctx
+            .wal_pool
+            .run(move || tl.lock_core().exec.checkpoint())
+            .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(ttid = %self.ttid, "final checkpoint failed: {e}"),
+            Err(e) => tracing::error!(ttid = %self.ttid, "final checkpoint not run: {e}"),
+        }
+        tracing::debug!(ttid = %self.ttid, "timeline shut down");
+    }
+
+    fn lock_core(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock poisons it; the executor marks itself broken on
+        // any storage error before returning, and a panic mid-step is a bug we do not
+        // want to turn into a second one.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Persists lazily kept state every [`CHECKPOINT_INTERVAL`] while the timeline lives.
+    fn start_checkpoints(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let cancel = self.cancel.clone();
+        // Owned by the timeline; it ends as soon as the timeline is cancelled, so shutdown
+        // never waits for a tick. (A timeline made outside a runtime, in unit tests, has
+        // no periodic checkpoint.)
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.tasks.spawn_on(
+                async move {
+                    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+                    tick.tick().await;
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        let Some(tl) = weak.upgrade() else { return };
+                        let _ = tl.submit(Input::Checkpoint);
+                    }
+                },
+                &rt,
+            );
+        }
+    }
+}
+
+/// Decrements the compute count when dropped.
+pub struct ComputeGuard(Arc<Timeline>);
+
+impl Drop for ComputeGuard {
+    fn drop(&mut self) {
+        self.0.computes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
