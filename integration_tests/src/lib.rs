@@ -1,10 +1,13 @@
 //! Shared harness for the integration tests: a throwaway PostgreSQL 15 cluster ([`pg`]) and
-//! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]); and the seeded,
-//! in-process simulation of proposer + acceptors ([`sim`]).
+//! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]); safekeeper processes
+//! ([`sk`]) and a server in the test process with a fault hook on its storage
+//! ([`in_process`]); and the seeded, in-process simulation of proposer + acceptors
+//! ([`sim`]).
 //!
 //! Owns: processes and temp directories of tests. Must never: be used outside tests, or
 //! leave a process or directory behind (everything is released on drop).
 
+pub mod in_process;
 pub mod pg;
 pub mod pg_tools;
 pub mod real_wal;

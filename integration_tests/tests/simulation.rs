@@ -24,6 +24,17 @@ use integration_tests::sim::{
     Mutation, SimOptions, World, parse_mutation, replay_command, run_seed, run_seeds,
 };
 
+/// The replies of an executor call that must neither fail nor crash.
+fn sent(out: integration_tests::sim::acceptor_node::Outcome) -> Vec<safekeeper::ingest::Sent> {
+    use integration_tests::sim::acceptor_node::Outcome;
+    match out {
+        Outcome::Sent(s) => s,
+        Outcome::Refused(e) => panic!("refused: {e}"),
+        Outcome::Crashed => panic!("crashed"),
+        Outcome::Broken(e) => panic!("broken: {e}"),
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
@@ -238,34 +249,37 @@ fn fault_free_run_commits_everything() {
 #[test]
 fn invalid_wal_does_not_advance_flush_lsn() {
     use bytes::BytesMut;
-    use integration_tests::sim::acceptor_node::AcceptorNode;
+    use integration_tests::sim::acceptor_node::{AcceptorNode, Outcome};
     use pq_proto::proposer::{
         AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
         ProposerMessage, VoteRequest,
     };
-    use safekeeper::acceptor::Reply;
+    use safekeeper::ingest::Sent;
     use utils::xlog::WalGenerator;
     use utils::{Lsn, Term, TermHistory, TermLsn};
 
     let start = Lsn(0x0100_0028);
-    let mut node = AcceptorNode::new(0, Mutation::None);
+    let mut node = AcceptorNode::new(0, Mutation::None, true);
     let vote = |term| {
         ProposerMessage::VoteRequest(VoteRequest {
             generation: Generation(0),
             term: Term(term),
         })
     };
-    node.process(vote(1)).expect("vote");
-    node.process(ProposerMessage::Elected(ProposerElected {
-        generation: Generation(0),
-        term: Term(1),
-        start_streaming_at: start,
-        term_history: TermHistory(vec![TermLsn {
+    sent(node.propose(1, vote(1), None));
+    sent(node.propose(
+        1,
+        ProposerMessage::Elected(ProposerElected {
+            generation: Generation(0),
             term: Term(1),
-            lsn: start,
-        }]),
-    }))
-    .expect("elected");
+            start_streaming_at: start,
+            term_history: TermHistory(vec![TermLsn {
+                term: Term(1),
+                lsn: start,
+            }]),
+        }),
+        None,
+    ));
     // Two records in one AppendRequest; a bit of the second one's body is flipped.
     let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
     let mut wal = BytesMut::new();
@@ -278,22 +292,35 @@ fn invalid_wal_does_not_advance_flush_lsn() {
     let flip = (second.start_lsn.0 - start.0) as usize + 60;
     wal[flip] ^= 1;
     let end = Lsn(start.0 + wal.len() as u64);
-    let res = node.process(ProposerMessage::AppendRequest(AppendRequest {
-        h: AppendRequestHeader {
-            generation: Generation(0),
-            term: Term(1),
-            begin_lsn: start,
-            end_lsn: end,
-            commit_lsn: Lsn::INVALID,
-            truncate_lsn: Lsn::INVALID,
-        },
-        wal_data: wal.freeze(),
-    }));
-    assert!(res.is_err(), "corrupted WAL must be refused");
+    let res = node.propose(
+        1,
+        ProposerMessage::AppendRequest(AppendRequest {
+            h: AppendRequestHeader {
+                generation: Generation(0),
+                term: Term(1),
+                begin_lsn: start,
+                end_lsn: end,
+                commit_lsn: Lsn::INVALID,
+                truncate_lsn: Lsn::INVALID,
+            },
+            wal_data: wal.freeze(),
+        }),
+        None,
+    );
+    assert!(
+        matches!(res, Outcome::Refused(_)),
+        "corrupted WAL must be refused"
+    );
     // Nothing was written, so nothing may be reported as flushed.
-    let out = node.process(vote(2)).expect("vote");
-    let Reply::Now(AcceptorMessage::VoteResponse(v)) = out.reply else {
-        panic!("a vote is answered");
+    let out = sent(node.propose(2, vote(2), None));
+    let [
+        Sent {
+            msg: AcceptorMessage::VoteResponse(v),
+            ..
+        },
+    ] = &out[..]
+    else {
+        panic!("a vote is answered: {out:?}");
     };
     assert!(
         v.flush_lsn <= start,
@@ -319,19 +346,19 @@ fn switch_then_records_in_one_append_are_flushed() {
         AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
         ProposerMessage, VoteRequest,
     };
-    use safekeeper::acceptor::Reply;
+    use safekeeper::ingest::Sent;
     use utils::xlog::WalGenerator;
     use utils::{Lsn, Term, TermHistory, TermLsn};
 
     let seg = 1u64 << 20;
     let start = Lsn(seg + 40);
-    let mut node = AcceptorNode::new(0, Mutation::None);
-    node.process(ProposerMessage::VoteRequest(VoteRequest {
+    let mut node = AcceptorNode::new(0, Mutation::None, true);
+    let vote = ProposerMessage::VoteRequest(VoteRequest {
         generation: Generation(0),
         term: Term(1),
-    }))
-    .expect("vote");
-    node.process(ProposerMessage::Elected(ProposerElected {
+    });
+    sent(node.propose(1, vote, None));
+    let elected = ProposerMessage::Elected(ProposerElected {
         generation: Generation(0),
         term: Term(1),
         start_streaming_at: start,
@@ -339,8 +366,8 @@ fn switch_then_records_in_one_append_are_flushed() {
             term: Term(1),
             lsn: start,
         }]),
-    }))
-    .expect("elected");
+    });
+    sent(node.propose(1, elected, None));
     let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
     let mut wal = BytesMut::new();
     g.append_logical_message("t", b"before", &mut wal)
@@ -359,26 +386,30 @@ fn switch_then_records_in_one_append_are_flushed() {
         .map(|a| (a, (a + (64 << 10)).min(split)))
         .collect();
     chunks.push((split, wal.len()));
+    let mut replies = Vec::new();
     for (a, b) in chunks {
         let (begin, data) = (Lsn(start.0 + a as u64), wal.slice(a..b));
-        let out = node
-            .process(ProposerMessage::AppendRequest(AppendRequest {
-                h: AppendRequestHeader {
-                    generation: Generation(0),
-                    term: Term(1),
-                    begin_lsn: begin,
-                    end_lsn: Lsn(begin.0 + data.len() as u64),
-                    commit_lsn: Lsn::INVALID,
-                    truncate_lsn: Lsn::INVALID,
-                },
-                wal_data: data,
-            }))
-            .expect("append");
-        assert_eq!(out.reply, Reply::AfterFlush);
+        let append = ProposerMessage::AppendRequest(AppendRequest {
+            h: AppendRequestHeader {
+                generation: Generation(0),
+                term: Term(1),
+                begin_lsn: begin,
+                end_lsn: Lsn(begin.0 + data.len() as u64),
+                commit_lsn: Lsn::INVALID,
+                truncate_lsn: Lsn::INVALID,
+            },
+            wal_data: data,
+        });
+        // Answered at once where a segment completed (the last request); owed otherwise.
+        replies.extend(sent(node.propose(1, append, None)));
     }
-    let out = node.flush().expect("up");
-    let Reply::Now(AcceptorMessage::AppendResponse(r)) = out.reply else {
-        panic!("flush answers");
+    replies.extend(sent(node.flush(None)));
+    let Some(Sent {
+        msg: AcceptorMessage::AppendResponse(r),
+        ..
+    }) = replies.last()
+    else {
+        panic!("the appends are answered: {replies:?}");
     };
     assert_eq!(
         r.flush_lsn, last.end_lsn,
@@ -393,22 +424,21 @@ fn switch_then_records_in_one_append_are_flushed() {
 #[test]
 fn failed_elected_keeps_unflushed_wal_unflushed() {
     use bytes::BytesMut;
-    use integration_tests::sim::acceptor_node::AcceptorNode;
+    use integration_tests::sim::acceptor_node::{AcceptorNode, Outcome};
     use pq_proto::proposer::{
         AppendRequest, AppendRequestHeader, Generation, ProposerElected, ProposerMessage,
         VoteRequest,
     };
-    use safekeeper::acceptor::Effect;
     use utils::xlog::WalGenerator;
     use utils::{Lsn, Term, TermHistory, TermLsn};
 
     let start = Lsn(0x0100_0028);
-    let mut node = AcceptorNode::new(0, Mutation::None);
-    node.process(ProposerMessage::VoteRequest(VoteRequest {
+    let mut node = AcceptorNode::new(0, Mutation::None, true);
+    let vote = ProposerMessage::VoteRequest(VoteRequest {
         generation: Generation(0),
         term: Term(1),
-    }))
-    .expect("vote");
+    });
+    sent(node.propose(1, vote, None));
     let elected = ProposerMessage::Elected(ProposerElected {
         generation: Generation(0),
         term: Term(1),
@@ -418,35 +448,37 @@ fn failed_elected_keeps_unflushed_wal_unflushed() {
             lsn: start,
         }]),
     });
-    node.process(elected.clone()).expect("elected");
+    sent(node.propose(1, elected.clone(), None));
     let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
     let mut wal = BytesMut::new();
     g.append_logical_message("t", b"unflushed", &mut wal)
         .expect("record");
-    node.process(ProposerMessage::AppendRequest(AppendRequest {
+    let end = Lsn(start.0 + wal.len() as u64);
+    let append = ProposerMessage::AppendRequest(AppendRequest {
         h: AppendRequestHeader {
             generation: Generation(0),
             term: Term(1),
             begin_lsn: start,
-            end_lsn: Lsn(start.0 + wal.len() as u64),
+            end_lsn: end,
             commit_lsn: Lsn::INVALID,
             truncate_lsn: Lsn::INVALID,
         },
         wal_data: wal.freeze(),
-    }))
-    .expect("append");
+    });
+    sent(node.propose(1, append, None));
     // The same ProposerElected again (a duplicated message): refused.
-    assert!(node.process(elected).is_err());
+    assert!(matches!(
+        node.propose(2, elected, None),
+        Outcome::Refused(_)
+    ));
     // The record was written but never flushed: the owed response must flush it first.
-    let out = node.flush().expect("up");
-    assert!(
-        out.effects.contains(&Effect::FlushWal),
-        "flush() reports flush_lsn {} without an fdatasync: {:?}",
-        node.acceptor
-            .as_ref()
-            .map(|a| a.flush_lsn())
-            .unwrap_or_default(),
-        out.effects
+    let out = sent(node.flush(None));
+    assert!(!out.is_empty(), "the append is answered");
+    assert_eq!(
+        node.storage().durable_end(),
+        end,
+        "flush reports flush_lsn {} without an fdatasync",
+        node.acceptor().map(|a| a.flush_lsn()).unwrap_or_default()
     );
 }
 

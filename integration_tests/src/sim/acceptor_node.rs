@@ -1,19 +1,22 @@
-//! A simulated safekeeper: the real [`Acceptor`] over [`MemStorage`] and a durable copy
-//! of the control file, with crash and restart as the server performs them.
+//! A simulated safekeeper: the server's own ingest executor
+//! ([`safekeeper::ingest::Executor`]) over a [`SimDisk`], with crash and restart as the
+//! server performs them (the restart is the executor's own restart path).
 //!
-//! Owns: performing effects one by one (the caller may crash the node between two of
-//! them), the restart procedure (end-of-WAL scan from the persisted commit_lsn, cleanup of
-//! the tail, `Acceptor::new`), and the [`Mutation`]s that turn it into a broken acceptor.
-//! Must never: change the acceptor crate's behaviour except through an explicit mutation.
+//! Owns: the node's up/down state (its disk outlives a crash), arming the disk's crash
+//! for an executor call, and the reply-level [`Mutation`] (a safekeeper that grants every
+//! vote). Must never: step the acceptor or perform an effect itself: the executor does,
+//! exactly as in the server.
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
-use safekeeper::acceptor::{Acceptor, AcceptorError, Effect, Output, Reply};
+use safekeeper::acceptor::Acceptor;
+use safekeeper::ingest::{Executor, Sent, TimelineError};
 use safekeeper::state::{ServerInfo, TimelineState};
-use utils::xlog::DecoderConfig;
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, TimelineId};
 
 use super::config::{Mutation, PG_VERSION, SEG_SIZE, SYSTEM_ID};
-use super::storage::{MemStorage, WriteOutcome, find_end_of_wal};
+use super::disk::SimDisk;
+use super::network::ConnId;
+use super::storage::MemStorage;
 
 /// The simulated timeline.
 pub fn ttid() -> TenantTimelineId {
@@ -29,32 +32,42 @@ pub fn server_info() -> ServerInfo {
     }
 }
 
+/// What an executor call did.
+pub enum Outcome {
+    /// Replies to send.
+    Sent(Vec<Sent>),
+    /// The message was refused (its connection ends).
+    Refused(TimelineError),
+    /// The armed crash struck in the middle of the call.
+    Crashed,
+    /// The executor broke a storage contract (or failed without a crash).
+    Broken(String),
+}
+
 /// One safekeeper.
 #[derive(Debug)]
 pub struct AcceptorNode {
     /// Index (the proposer's `SkId`).
     pub id: usize,
-    /// The state machine; `None` while the node is down.
-    pub acceptor: Option<Acceptor>,
-    /// The WAL on disk.
-    pub storage: MemStorage,
-    /// The control file on disk.
-    pub control: TimelineState,
+    /// The executor while the node is up.
+    exec: Option<Executor<SimDisk>>,
+    /// The disk while the node is down.
+    down: Option<SimDisk>,
     /// When a down node may restart (virtual ms).
     pub restart_at: u64,
     mutation: Mutation,
 }
 
 impl AcceptorNode {
-    /// A node whose timeline was just created (no term, no WAL), up.
-    pub fn new(id: usize, mutation: Mutation) -> Self {
+    /// A node whose timeline was just created (no term, no WAL), up. `strict`: truncations
+    /// past the written end are contract breaks.
+    pub fn new(id: usize, mutation: Mutation, strict: bool) -> Self {
         let control = TimelineState::new(ttid(), server_info());
-        let acceptor = Acceptor::new(node_id(id), control.clone(), Lsn::INVALID);
+        let disk = SimDisk::new(control.clone(), mutation, strict);
         AcceptorNode {
             id,
-            acceptor: Some(acceptor),
-            storage: MemStorage::new(SEG_SIZE),
-            control,
+            exec: Some(Executor::new(disk, node_id(id), control, Lsn::INVALID)),
+            down: None,
             restart_at: 0,
             mutation,
         }
@@ -62,123 +75,139 @@ impl AcceptorNode {
 
     /// True if up.
     pub fn is_up(&self) -> bool {
-        self.acceptor.is_some()
+        self.exec.is_some()
+    }
+
+    /// The acceptor, while up.
+    pub fn acceptor(&self) -> Option<&Acceptor> {
+        self.exec.as_ref().map(Executor::acceptor)
+    }
+
+    /// True if up and some connection is owed an AppendResponse.
+    pub fn owes(&self) -> bool {
+        self.exec.as_ref().is_some_and(Executor::owes)
+    }
+
+    /// The disk.
+    pub fn disk(&self) -> &SimDisk {
+        match &self.exec {
+            Some(e) => e.storage(),
+            None => self.down.as_ref().expect("a down node keeps its disk"),
+        }
+    }
+
+    /// The disk, mutably.
+    pub fn disk_mut(&mut self) -> &mut SimDisk {
+        match &mut self.exec {
+            Some(e) => e.storage_mut(),
+            None => self.down.as_mut().expect("a down node keeps its disk"),
+        }
+    }
+
+    /// The WAL on disk.
+    pub fn storage(&self) -> &MemStorage {
+        &self.disk().mem
+    }
+
+    /// The control file on disk.
+    pub fn control(&self) -> &TimelineState {
+        &self.disk().control
     }
 
     /// Where the durable WAL ends, for what replies may claim: the durable bytes, or the
     /// local start of WAL if the bytes before it (the synthetic segment image, which
     /// need not be durable) are all that is missing.
     pub fn durable_wal_end(&self) -> Lsn {
-        let local_start = self
-            .acceptor
-            .as_ref()
-            .map_or(self.control.local_start_lsn, |a| a.state().local_start_lsn);
-        self.storage.durable_end().max(local_start)
+        let local_start = self.acceptor().map_or(self.control().local_start_lsn, |a| {
+            a.state().local_start_lsn
+        });
+        self.storage().durable_end().max(local_start)
     }
 
-    /// Steps the acceptor (the node must be up), applying the node's mutation to the
-    /// output.
-    pub fn process(&mut self, msg: ProposerMessage) -> Result<Output, AcceptorError> {
-        let Some(a) = self.acceptor.as_mut() else {
-            return Err(AcceptorError::UnexpectedMessage("safekeeper is down"));
+    /// Steps a message of connection `conn` through the executor, with a crash armed
+    /// before its `crash_at`-th storage operation if given (the node must be up).
+    pub fn propose(
+        &mut self,
+        conn: ConnId,
+        msg: ProposerMessage,
+        crash_at: Option<usize>,
+    ) -> Outcome {
+        self.call(crash_at, |e| e.propose(conn, msg))
+    }
+
+    /// Group commit: one flush answering every owed connection.
+    pub fn flush(&mut self, crash_at: Option<usize>) -> Outcome {
+        self.call(crash_at, Executor::flush_owed)
+    }
+
+    /// Connection `conn` ended: the server's disconnect (flush and checkpoint).
+    pub fn disconnect(&mut self, conn: ConnId) -> Outcome {
+        self.call(None, |e| e.disconnect(conn).map(|()| Vec::new()))
+    }
+
+    fn call(
+        &mut self,
+        crash_at: Option<usize>,
+        f: impl FnOnce(&mut Executor<SimDisk>) -> Result<Vec<Sent>, TimelineError>,
+    ) -> Outcome {
+        let Some(exec) = self.exec.as_mut() else {
+            return Outcome::Refused(TimelineError::ShuttingDown(ttid()));
         };
-        let is_vote = matches!(msg, ProposerMessage::VoteRequest(_));
-        let mut out = a.process(msg)?;
-        match self.mutation {
-            Mutation::DropVotePersist if is_vote && vote_granted(&out) => {
-                out.effects
-                    .retain(|e| !matches!(e, Effect::PersistControl(_)));
-            }
-            Mutation::GrantEveryVote => {
-                if let Reply::Now(AcceptorMessage::VoteResponse(v)) = &mut out.reply {
-                    v.vote_given = true;
+        if let Some(k) = crash_at {
+            exec.storage_mut().arm_crash(k);
+        }
+        let r = f(exec);
+        exec.storage_mut().disarm();
+        if exec.storage().crashed() {
+            return Outcome::Crashed;
+        }
+        if let Some(e) = exec.storage_mut().take_contract_break() {
+            return Outcome::Broken(e);
+        }
+        match r {
+            Ok(mut sent) => {
+                if self.mutation == Mutation::GrantEveryVote {
+                    for s in &mut sent {
+                        if let AcceptorMessage::VoteResponse(v) = &mut s.msg {
+                            v.vote_given = true;
+                        }
+                    }
                 }
+                Outcome::Sent(sent)
             }
-            _ => {}
-        }
-        self.mutate_effects(&mut out);
-        Ok(out)
-    }
-
-    /// The owed AppendResponse (the node must be up).
-    pub fn flush(&mut self) -> Option<Output> {
-        let mut out = self.acceptor.as_mut()?.flush();
-        self.mutate_effects(&mut out);
-        Some(out)
-    }
-
-    fn mutate_effects(&self, out: &mut Output) {
-        if self.mutation == Mutation::DropFlush {
-            out.effects.retain(|e| *e != Effect::FlushWal);
+            Err(e @ TimelineError::Acceptor(_)) => Outcome::Refused(e),
+            Err(e) => Outcome::Broken(e.to_string()),
         }
     }
 
-    /// Performs one effect on the disk. An effect that breaks its contract is an `Err`;
-    /// with `strict` false, a truncation past the end is performed as the real storage
-    /// does it (zero fill) and not reported.
-    pub fn apply(&mut self, effect: Effect, strict: bool) -> Result<WriteOutcome, String> {
-        match effect {
-            Effect::InitWal { start, image } => self.storage.init(start, image)?,
-            Effect::WriteWal { lsn, data } => return self.storage.write(lsn, data),
-            Effect::FlushWal => self.storage.flush(),
-            Effect::TruncateWal { end } => match self.storage.truncate(end) {
-                Err(e) if strict => return Err(e),
-                _ => {}
-            },
-            Effect::PersistControl(state) => {
-                if let Some(a) = self.acceptor.as_mut() {
-                    a.mark_persisted(&state);
-                }
-                self.control = *state;
-            }
-        }
-        Ok(WriteOutcome::Written)
-    }
-
-    /// What the server does when a proposer connection ends: make written WAL durable
-    /// and persist lazily kept state.
-    pub fn checkpoint(&mut self) {
-        if self.mutation != Mutation::DropFlush {
-            self.storage.flush();
-        }
-        if let Some(e) = self.acceptor.as_ref().and_then(Acceptor::checkpoint) {
-            // A PersistControl cannot fail here.
-            let _ = self.apply(e, false);
-        }
-    }
-
-    /// Kills the node: the in-memory acceptor and the unflushed bytes are gone, except
+    /// Kills the node: the in-memory state and the unflushed bytes are gone, except
     /// `keep(volatile)` bytes the page cache had written back.
     pub fn crash(&mut self, restart_at: u64, keep: impl FnOnce(u64) -> u64) -> u64 {
-        self.acceptor = None;
+        let mut disk = match self.exec.take() {
+            Some(e) => e.into_storage(),
+            None => self.down.take().expect("a down node keeps its disk"),
+        };
         self.restart_at = restart_at;
-        self.storage.crash(keep)
+        let volatile = disk.power_loss(keep);
+        self.down = Some(disk);
+        volatile
     }
 
-    /// Starts the node from disk, as the server does: the end of WAL is decoded from the
-    /// persisted commit_lsn (no WAL if that is 0), the tail past it is cut, and the
-    /// acceptor is built from the control file and that end. Returns the flush_lsn found.
+    /// Starts the node from disk through the server's restart path. Returns the
+    /// flush_lsn found.
     pub fn restart(&mut self) -> Lsn {
-        let state = self.control.clone();
-        let mut flush_lsn = Lsn::INVALID;
-        if state.commit_lsn.is_valid() {
-            let s = state.server;
-            let cfg = DecoderConfig::new(s.pg_version, s.wal_seg_size, s.system_id);
-            flush_lsn = find_end_of_wal(self.storage.wal(), state.commit_lsn, cfg);
-            self.storage.reset(Some(flush_lsn));
-        } else {
-            self.storage.reset(None);
-        }
-        self.acceptor = Some(Acceptor::new(node_id(self.id), state, flush_lsn));
-        flush_lsn
+        let mut disk = self.down.take().expect("only a down node restarts");
+        disk.set_restarting(true);
+        let mut exec = Executor::open(disk, ttid(), node_id(self.id))
+            .expect("the simulated disk always opens");
+        exec.storage_mut().set_restarting(false);
+        let flush = exec.acceptor().flush_lsn();
+        self.exec = Some(exec);
+        flush
     }
 }
 
 /// The node id of safekeeper `id`.
 pub fn node_id(id: usize) -> NodeId {
     NodeId(id as u64 + 1)
-}
-
-fn vote_granted(out: &Output) -> bool {
-    matches!(&out.reply, Reply::Now(AcceptorMessage::VoteResponse(v)) if v.vote_given)
 }

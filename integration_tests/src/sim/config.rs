@@ -83,16 +83,19 @@ impl SimRng {
     }
 }
 
-/// A deliberately broken acceptor, to show that the checker catches real bugs.
+/// A deliberately broken safekeeper, to show that the checker catches real bugs through
+/// the real executor: the breakage sits at a seam the executor does not control (the
+/// disk, or the reply on its way out), so the executor's own code runs unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    /// The real acceptor, unchanged.
+    /// The real safekeeper, unchanged.
     None,
-    /// A granted vote is not persisted: a crash-restart forgets it and may vote again.
+    /// The disk drops the control-file write of a granted vote: a crash-restart forgets
+    /// the vote and may vote again.
     DropVotePersist,
-    /// Every vote is granted, whatever the term.
+    /// Every vote is granted, whatever the term (the reply is rewritten).
     GrantEveryVote,
-    /// `FlushWal` is skipped: replies claim durability the disk does not have.
+    /// The disk ignores fdatasync: replies claim durability it does not have.
     DropFlush,
 }
 

@@ -1,11 +1,13 @@
-//! A seeded, deterministic simulation of the consensus: the real acceptor
-//! (`safekeeper::acceptor`) and the real proposer (`walproposer::proposer`) driven over a
-//! simulated network, in-memory disks that lose unflushed writes, crashes, restarts and a
-//! virtual clock, with the safety invariants checked after every step.
+//! A seeded, deterministic simulation of the consensus: the server's own ingest executor
+//! (`safekeeper::ingest`: the acceptor, its effects, group commit and the restart path)
+//! and the real proposer (`walproposer::proposer`) driven over a simulated network,
+//! in-memory disks that lose unflushed writes and crash in the middle of a step, restarts
+//! and a virtual clock, with the safety invariants checked after every step.
 //!
-//! Files: [`config`] (the seeded RNG and what a seed decides), [`storage`] (the disk),
-//! [`acceptor_node`] (a safekeeper: effects, crash, restart), [`proposer_node`] (a compute:
-//! proposer, WAL source, donor fetch), [`network`] (connections and their faults),
+//! Files: [`config`] (the seeded RNG and what a seed decides), [`storage`] (WAL bytes in
+//! memory), [`disk`] (the server's storage seam over them, with crash injection),
+//! [`acceptor_node`] (a safekeeper: the executor over that disk, crash, restart),
+//! [`proposer_node`] (a compute: proposer, WAL source, donor fetch), [`network`] (connections and their faults),
 //! [`checker`] (the invariants), [`world`] (the schedule), [`describe`] (log lines).
 //!
 //! Owns: running one seed ([`run_seed`]) or many in parallel ([`run_seeds`]) and
@@ -17,6 +19,7 @@ pub mod acceptor_node;
 pub mod checker;
 pub mod config;
 pub mod describe;
+pub mod disk;
 pub mod network;
 pub mod proposer_node;
 pub mod storage;

@@ -70,8 +70,6 @@ pub struct Conn {
     pub acceptor_open: bool,
     /// The safekeeper has received the greeting.
     pub greeted: bool,
-    /// An AppendResponse is owed on this connection (the acceptor must flush).
-    pub owed: bool,
 }
 
 /// Which way a packet goes.
@@ -129,7 +127,6 @@ impl Network {
             proposer_open: true,
             acceptor_open: accepted,
             greeted: false,
-            owed: false,
         };
         let body = if accepted {
             ToProposer::Connected
@@ -209,7 +206,6 @@ impl Network {
         {
             was_open = true;
             c.acceptor_open = false;
-            c.owed = false;
             c.to_acceptor.clear();
             if c.proposer_open {
                 push(&mut c.to_proposer, at, ToProposer::Closed);
@@ -226,7 +222,6 @@ impl Network {
         if let Some(c) = self.conns.get_mut(&id) {
             was_open = c.acceptor_open;
             c.acceptor_open = false;
-            c.owed = false;
             c.to_acceptor.clear();
             c.to_proposer.clear();
             if c.proposer_open {

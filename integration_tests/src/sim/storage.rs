@@ -1,5 +1,5 @@
-//! The in-memory disk of a simulated safekeeper: WAL bytes with a durable prefix and a
-//! volatile tail, and the end-of-WAL scan a restart runs over them.
+//! The in-memory WAL of a simulated safekeeper: bytes with a durable prefix and a volatile
+//! tail (the restart's end-of-WAL scan is the server's own, over [`super::disk`]).
 //!
 //! Owns: what survives a crash. Written bytes are volatile until a flush (or until the
 //! write completes a segment, which the real storage fdatasyncs); truncation is durable;
@@ -9,7 +9,6 @@
 
 use bytes::Bytes;
 use utils::Lsn;
-use utils::xlog::{DecoderConfig, WalStreamDecoder};
 
 /// A contiguous range of WAL `[start, end)` held as the chunks it was written in.
 #[derive(Clone, Debug, Default)]
@@ -249,47 +248,6 @@ impl MemStorage {
         self.durable_end = self.wal.end();
         volatile
     }
-}
-
-/// The end of valid WAL: decode forward from `start` (a record boundary, normally the
-/// persisted commit_lsn) to the end of the last complete record, like the real
-/// `wal_storage::find_end_of_wal` (missing bytes end the WAL at `start`; an XLOG_SWITCH
-/// ends where its segment ends, once the padding is all there).
-pub fn find_end_of_wal(wal: &Rope, start: Lsn, cfg: DecoderConfig) -> Lsn {
-    let mut end = start;
-    if start < wal.start() || start >= wal.end() {
-        return end;
-    }
-    let mut decoder = WalStreamDecoder::new(start, cfg);
-    let mut pending: Option<Lsn> = None;
-    let mut failed = false;
-    wal.visit(start, wal.end(), |lsn, data| {
-        if failed {
-            return;
-        }
-        decoder.feed(data);
-        let fed_end = Lsn(lsn.0 + data.len() as u64);
-        loop {
-            match decoder.next_record() {
-                Ok(Some(rec)) if rec.end_lsn <= fed_end => end = rec.end_lsn,
-                // An XLOG_SWITCH ends at the segment end, past the bytes fed so far.
-                Ok(Some(rec)) => pending = Some(rec.end_lsn),
-                Ok(None) => break,
-                Err(_) => {
-                    failed = true;
-                    return;
-                }
-            }
-        }
-        if let Some(p) = pending.filter(|&p| p <= fed_end) {
-            // `max`: records after the switch may have been decoded from this same chunk
-            // (a rope chunk can straddle the segment boundary; the real scan reads one
-            // segment file at a time, so there the switch always resolves first).
-            end = end.max(p);
-            pending = None;
-        }
-    });
-    end
 }
 
 #[cfg(test)]

@@ -91,6 +91,12 @@ impl<S: Storage> Executor<S> {
         &mut self.storage
     }
 
+    /// The storage, for a new executor after a restart (the simulation's crashed node
+    /// keeps its disk this way).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
     /// True after a storage error.
     pub fn is_broken(&self) -> bool {
         self.broken

@@ -309,7 +309,7 @@ impl Checker {
     /// Checks the state after a step.
     pub fn check_step(&mut self, acceptors: &mut [AcceptorNode]) -> Check {
         for (sk, node) in acceptors.iter_mut().enumerate() {
-            if let Some(cut) = node.storage.take_changed_from() {
+            if let Some(cut) = node.disk_mut().mem.take_changed_from() {
                 let t = &mut self.acceptors[sk];
                 t.verified = t.verified.min(cut).max(self.timeline_start);
                 t.provenance = t.provenance.min(cut).max(self.timeline_start);
@@ -332,14 +332,14 @@ impl Checker {
     /// LogIsMonotonic on the in-memory and persisted histories, plus the aux sanity of
     /// term and commit.
     fn check_histories(&self, sk: usize, node: &AcceptorNode) -> Check {
-        let persisted = &node.control.term_history;
+        let persisted = &node.control().term_history;
         if !persisted.is_monotonic() {
             return Err(Violation::new(
                 "LogIsMonotonic",
                 format!("sk{sk}'s persisted history {persisted:?} is not monotonic"),
             ));
         }
-        let Some(a) = &node.acceptor else {
+        let Some(a) = node.acceptor() else {
             return Ok(());
         };
         let h = &a.state().term_history;

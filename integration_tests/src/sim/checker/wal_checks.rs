@@ -17,16 +17,16 @@ impl Checker {
     /// WalProvenance (aux): an acceptor's WAL below its flush_lsn is what the terms of
     /// its history generated (each range by the source of the term owning it).
     pub(super) fn check_provenance(&mut self, sk: usize, node: &AcceptorNode) -> Check {
-        let Some(a) = node.acceptor.as_ref().filter(|_| self.aux) else {
+        let Some(a) = node.acceptor().filter(|_| self.aux) else {
             return Ok(());
         };
         let from = self.acceptors[sk].provenance;
-        let to = a.flush_lsn().min(node.storage.end());
+        let to = a.flush_lsn().min(node.storage().end());
         if to <= from {
             return Ok(());
         }
         let history = &a.state().term_history;
-        let wal = node.storage.wal();
+        let wal = node.storage().wal();
         let mut mismatch = None;
         let mut missing = false;
         self.visit_generated(history, from, to, |lsn, expected| {
@@ -69,9 +69,8 @@ impl Checker {
 
     /// The commit_lsn an acceptor holds: in memory when up, persisted when down.
     pub(super) fn commit_of(node: &AcceptorNode) -> Lsn {
-        node.acceptor
-            .as_ref()
-            .map_or(node.control.commit_lsn, |a| a.commit_lsn())
+        node.acceptor()
+            .map_or(node.control().commit_lsn, |a| a.commit_lsn())
     }
 
     pub(super) fn extend_from_acceptor(&mut self, sk: usize, node: &AcceptorNode) -> Check {
@@ -80,7 +79,7 @@ impl Checker {
         if commit <= end {
             return Ok(());
         }
-        match node.storage.wal().read(end, commit) {
+        match node.storage().wal().read(end, commit) {
             Some(bytes) => {
                 self.reference.extend_from_slice(&bytes);
                 Ok(())
@@ -89,8 +88,8 @@ impl Checker {
                 "LogSafety",
                 format!(
                     "sk{sk} has commit_lsn {commit} but holds WAL [{}, {}) only",
-                    node.storage.wal().start(),
-                    node.storage.end()
+                    node.storage().wal().start(),
+                    node.storage().end()
                 ),
             )),
         }
@@ -105,7 +104,7 @@ impl Checker {
             return Ok(());
         }
         match compare(
-            node.storage.wal(),
+            node.storage().wal(),
             t.verified,
             target,
             &self.reference,
@@ -120,17 +119,16 @@ impl Checker {
                 format!(
                     "sk{sk}'s WAL at {at}, below its commit_lsn {commit}, differs from the \
                      committed WAL (history {:?})",
-                    node.acceptor
-                        .as_ref()
-                        .map_or(&node.control.term_history, |a| &a.state().term_history)
+                    node.acceptor()
+                        .map_or(&node.control().term_history, |a| &a.state().term_history)
                 ),
             )),
             Err(None) => Err(Violation::new(
                 "LogSafety",
                 format!(
                     "sk{sk} has commit_lsn {commit} but holds WAL [{}, {}) only",
-                    node.storage.wal().start(),
-                    node.storage.end()
+                    node.storage().wal().start(),
+                    node.storage().end()
                 ),
             )),
         }
@@ -139,14 +137,14 @@ impl Checker {
     pub(super) fn advance_durable_match(&mut self, sk: usize, node: &AcceptorNode) {
         let t = &mut self.acceptors[sk];
         let target = node
-            .storage
+            .storage()
             .durable_end()
             .min(Lsn(self.timeline_start.0 + self.reference.len() as u64));
         if t.durable_blocked || target <= t.durable_match {
             return;
         }
         match compare(
-            node.storage.wal(),
+            node.storage().wal(),
             t.durable_match,
             target,
             &self.reference,

@@ -1,22 +1,26 @@
-//! The safekeeper side of the world: delivering messages to a safekeeper, performing
-//! its effects (with a crash possible between two), its replies, crashes and restarts.
+//! The safekeeper side of the world: delivering messages to a safekeeper's executor, its
+//! replies, its crashes (struck by its disk in the middle of an executor call) and
+//! restarts.
 //!
-//! Owns: the server's per-connection behaviour (greeting first, an error closes the
-//! connection and checkpoints, group commit answers when the inbox is empty). Must never:
-//! reply before the effects are performed.
+//! Owns: the server's per-connection behaviour around the executor (greeting first; an
+//! error closes the connection, whose end the executor hears as a disconnect; group commit
+//! when the inbox is empty). Must never: reply for the executor (it answers only after
+//! its effects are performed).
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
-use safekeeper::acceptor::{Effect, Output as AcceptorOutput, Reply};
 
 use super::{Step, World};
+use crate::sim::acceptor_node::Outcome;
 use crate::sim::checker::Violation;
 use crate::sim::describe;
 use crate::sim::network::{ConnId, ToAcceptor};
-use crate::sim::storage::WriteOutcome;
+
+/// Storage operations into an executor call at which an armed crash may strike.
+const CRASH_POINTS: usize = 3;
 
 impl World {
-    /// Delivers the next packet of `id` to its safekeeper: EOF ends the connection (with
-    /// the server's checkpoint); a message is stepped and its output performed.
+    /// Delivers the next packet of `id` to its safekeeper: EOF ends the connection (the
+    /// server's disconnect); a message is stepped through the executor.
     pub(super) fn deliver_to_acceptor(&mut self, id: ConnId) -> Step {
         let Some(body) = self.net.pop_to_acceptor(id, self.now) else {
             return Ok(());
@@ -29,11 +33,10 @@ impl World {
                 self.log(|| format!("sk{sk} conn {id}: EOF"));
                 if let Some(c) = self.net.get_mut(id) {
                     c.acceptor_open = false;
-                    c.owed = false;
                 }
                 self.net.gc(id);
-                self.acceptors[sk].checkpoint();
-                return Ok(());
+                let out = self.acceptors[sk].disconnect(id);
+                return self.handle(sk, id, out);
             }
             ToAcceptor::Msg(m) => m,
         };
@@ -46,98 +49,77 @@ impl World {
         if let Some(c) = self.net.get_mut(id) {
             c.greeted = true;
         }
-        match self.acceptors[sk].process(msg) {
-            Ok(out) => self.perform(sk, id, out),
-            Err(e) => {
+        let crash_at = self.draw_crash();
+        let out = self.acceptors[sk].propose(id, msg, crash_at);
+        self.handle(sk, id, out)
+    }
+
+    /// Whether the next executor call crashes its node, and before which operation.
+    fn draw_crash(&mut self) -> Option<usize> {
+        self.rng
+            .chance(self.cfg.crash_mid_effects)
+            .then(|| self.rng.index(CRASH_POINTS))
+    }
+
+    /// What follows an executor call on node `sk` for a message of connection `id`.
+    pub(super) fn handle(&mut self, sk: usize, id: ConnId, out: Outcome) -> Step {
+        for end in self.acceptors[sk].disk_mut().take_cuts() {
+            self.log(|| format!("sk{sk} cuts its WAL at {end}"));
+            self.checker.on_cut(sk, end);
+        }
+        match out {
+            Outcome::Sent(sent) => {
+                for s in sent {
+                    self.reply(sk, s.conn, s.msg)?;
+                }
+                Ok(())
+            }
+            Outcome::Refused(e) => {
                 self.report.acceptor_errors += 1;
                 self.log(|| format!("sk{sk} conn {id}: error: {e}"));
                 self.close_by_acceptor(id)
             }
+            Outcome::Crashed => {
+                self.log(|| format!("sk{sk} crashes in the middle of a step"));
+                self.crash_acceptor(sk);
+                Ok(())
+            }
+            Outcome::Broken(e) => Err(Violation::new(
+                "EffectContract",
+                format!("sk{sk} cannot perform an effect: {e}"),
+            )),
         }
     }
 
-    /// The safekeeper ends a connection after an error: the server's loop ends and
-    /// checkpoints.
+    /// The safekeeper ends a connection after an error: the server's stream ends and the
+    /// executor hears of the disconnect.
     pub(super) fn close_by_acceptor(&mut self, id: ConnId) -> Step {
         let at = self.delay();
         let sk = self.net.get(id).map(|c| c.sk);
         if let (true, Some(sk)) = (self.net.close_by_acceptor(id, at), sk) {
-            self.acceptors[sk].checkpoint();
+            let out = self.acceptors[sk].disconnect(id);
+            return self.handle(sk, id, out);
         }
         Ok(())
     }
 
-    /// Group commit: the owed AppendResponse of `id`, after one flush.
-    pub(super) fn flush(&mut self, id: ConnId) -> Step {
-        let Some(c) = self.net.get_mut(id) else {
+    /// Group commit on `sk`: its inbox is empty, one flush answers every owed connection.
+    pub(super) fn flush(&mut self, sk: usize) -> Step {
+        if !self.acceptors[sk].owes() {
             return Ok(());
-        };
-        c.owed = false;
-        let sk = c.sk;
-        let Some(out) = self.acceptors[sk].flush() else {
-            return Ok(());
-        };
-        self.perform(sk, id, out)
+        }
+        let crash_at = self.draw_crash();
+        let out = self.acceptors[sk].flush(crash_at);
+        self.handle(sk, 0, out)
     }
 
-    /// Performs the acceptor's effects in order (the node may crash between two), then
-    /// sends the reply on the connection the message came on.
-    pub(super) fn perform(&mut self, sk: usize, id: ConnId, out: AcceptorOutput) -> Step {
-        let crash_at = if !out.effects.is_empty() && self.rng.chance(self.cfg.crash_mid_effects) {
-            Some(self.rng.index(out.effects.len()))
-        } else {
-            None
-        };
-        let mut segment_completed = false;
-        for (i, effect) in out.effects.into_iter().enumerate() {
-            if crash_at == Some(i) {
-                self.log(|| format!("sk{sk} crashes before effect {i}"));
-                self.crash_acceptor(sk);
-                return Ok(());
-            }
-            self.log(|| format!("sk{sk} {}", describe::effect(&effect)));
-            match &effect {
-                Effect::TruncateWal { end } => self.checker.on_cut(sk, *end),
-                Effect::InitWal { start, .. } => self.checker.on_cut(sk, *start),
-                _ => {}
-            }
-            match self.acceptors[sk].apply(effect, self.opts.aux_checks) {
-                Ok(WriteOutcome::SegmentCompleted) => segment_completed = true,
-                Ok(WriteOutcome::Written) => {}
-                Err(e) => {
-                    return Err(Violation::new(
-                        "EffectContract",
-                        format!("sk{sk} cannot perform an effect: {e}"),
-                    ));
-                }
-            }
-        }
-        match out.reply {
-            Reply::None => Ok(()),
-            Reply::Now(msg) => self.reply(sk, id, msg),
-            Reply::AfterFlush if segment_completed => {
-                // The server answers at once when a segment completed (it is durable).
-                if let Some(c) = self.net.get_mut(id) {
-                    c.owed = false;
-                }
-                let Some(out) = self.acceptors[sk].flush() else {
-                    return Ok(());
-                };
-                self.perform(sk, id, out)
-            }
-            Reply::AfterFlush => {
-                if let Some(c) = self.net.get_mut(id) {
-                    c.owed = c.acceptor_open;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Sends a reply on the connection the message came on (after checking what it claims).
+    /// Sends a reply on connection `id` (after checking what it claims), if it is open.
     pub(super) fn reply(&mut self, sk: usize, id: ConnId, msg: AcceptorMessage) -> Step {
         let durable = self.acceptors[sk].durable_wal_end();
         self.checker.on_reply(sk, &msg, durable)?;
+        if !self.net.get(id).is_some_and(|c| c.acceptor_open) {
+            return Ok(());
+        }
         self.log(|| format!("sk{sk} conn {id} -> {}", describe::acceptor_msg(&msg)));
         let at = self.delay();
         self.net.send_to_proposer(id, msg, at);
@@ -175,17 +157,17 @@ impl World {
         });
     }
 
-    /// Restarts safekeeper `sk` from its disk.
+    /// Restarts safekeeper `sk` from its disk, through the server's restart path.
     pub(super) fn restart_acceptor(&mut self, sk: usize) -> Step {
         let flush = self.acceptors[sk].restart();
         self.report.acceptor_restarts += 1;
         let node = &self.acceptors[sk];
-        let term = node.control.term;
+        let term = node.control().term;
         self.log(|| {
             format!(
                 "sk{sk} restarts: term {term}, commit {}, flush {flush}, history {}",
-                node.control.commit_lsn,
-                describe::history(&node.control.term_history)
+                node.control().commit_lsn,
+                describe::history(&node.control().term_history)
             )
         });
         self.checker.on_restart(sk, flush, term)

@@ -31,7 +31,7 @@ const UNBOUNDED: u64 = 1 << 40;
 enum Event {
     ToAcceptor(ConnId),
     ToProposer(ConnId),
-    Flush(ConnId),
+    Flush(usize),
     Tick(usize),
     Source(usize),
     FetchDone(usize),
@@ -64,7 +64,7 @@ impl World {
         let mut rng = SimRng::new(seed);
         let cfg = SimConfig::from_seed(&mut rng, &opts);
         let acceptors = (0..N_ACCEPTORS)
-            .map(|i| AcceptorNode::new(i, opts.mutation))
+            .map(|i| AcceptorNode::new(i, opts.mutation, opts.aux_checks))
             .collect();
         let proposers = (0..cfg.n_proposers)
             .map(|i| ProposerNode::new(i, if i == 0 { 0 } else { rng.range(0, 3000) }))
@@ -213,16 +213,18 @@ impl World {
 
     fn anything_due(&self) -> bool {
         let now = self.now;
-        self.net.conns().any(|c| {
-            c.owed
-                || c.to_acceptor.front().is_some_and(|p| p.at <= now)
-                || c.to_proposer.front().is_some_and(|p| p.at <= now)
-        }) || self.proposers.iter().any(|p| {
-            p.fetch.is_some_and(|f| f.ready_at <= now) || (!p.is_up() && p.restart_at <= now)
-        }) || self
-            .acceptors
-            .iter()
-            .any(|a| !a.is_up() && a.restart_at <= now)
+        self.acceptors.iter().any(AcceptorNode::owes)
+            || self.net.conns().any(|c| {
+                c.to_acceptor.front().is_some_and(|p| p.at <= now)
+                    || c.to_proposer.front().is_some_and(|p| p.at <= now)
+            })
+            || self.proposers.iter().any(|p| {
+                p.fetch.is_some_and(|f| f.ready_at <= now) || (!p.is_up() && p.restart_at <= now)
+            })
+            || self
+                .acceptors
+                .iter()
+                .any(|a| !a.is_up() && a.restart_at <= now)
     }
 
     fn next_due(&self) -> Option<u64> {
@@ -268,10 +270,6 @@ impl World {
             if c.to_proposer.front().is_some_and(|p| p.at <= now) {
                 add(Event::ToProposer(c.id), 10.0);
             }
-            if c.owed && c.acceptor_open {
-                // Group commit: flush once the inbox is empty; now and then earlier.
-                add(Event::Flush(c.id), if inbox_due { 0.5 } else { 10.0 });
-            }
             if c.acceptor_open && c.proposer_open {
                 add(Event::Break(c.id), cfg.w_break_conn);
             }
@@ -313,14 +311,23 @@ impl World {
             }
         }
         for (i, a) in self.acceptors.iter().enumerate() {
+            if a.owes() {
+                // Group commit: flush once the inbox is empty; now and then earlier.
+                let inbox_due = self.net.conns().any(|c| {
+                    c.sk == i
+                        && c.acceptor_open
+                        && c.to_acceptor.front().is_some_and(|p| p.at <= now)
+                });
+                add(Event::Flush(i), if inbox_due { 0.5 } else { 10.0 });
+            }
             if a.is_up() {
                 // Crashes that lose something are the interesting ones: unflushed bytes
                 // (maybe torn), or a term or history not yet in the control file (a
                 // correct acceptor has none of the latter between steps).
-                let volatile = a.storage.end() > a.storage.durable_end();
-                let unpersisted = a.acceptor.as_ref().is_some_and(|acc| {
-                    acc.term() != a.control.term
-                        || acc.state().term_history != a.control.term_history
+                let volatile = a.storage().end() > a.storage().durable_end();
+                let unpersisted = a.acceptor().is_some_and(|acc| {
+                    acc.term() != a.control().term
+                        || acc.state().term_history != a.control().term_history
                 });
                 let w = cfg.w_crash_acceptor * if volatile || unpersisted { 5.0 } else { 1.0 };
                 add(Event::CrashAcceptor(i), w);
@@ -335,7 +342,7 @@ impl World {
         match ev {
             Event::ToAcceptor(id) => self.deliver_to_acceptor(id),
             Event::ToProposer(id) => self.deliver_to_proposer(id),
-            Event::Flush(id) => self.flush(id),
+            Event::Flush(sk) => self.flush(sk),
             Event::Tick(p) => self.feed(p, Input::Tick),
             Event::Source(p) => self.source_append(p),
             Event::FetchDone(p) => self.fetch_done(p),
@@ -362,8 +369,10 @@ impl World {
                 self.log(|| format!("conn {id} breaks"));
                 let sk = self.net.get(id).map(|c| c.sk);
                 if let (true, Some(sk)) = (self.net.break_conn(id, at), sk) {
-                    // The server's loop sees the reset and checkpoints.
-                    self.acceptors[sk].checkpoint();
+                    // The server's stream sees the reset: the executor hears the
+                    // disconnect.
+                    let out = self.acceptors[sk].disconnect(id);
+                    return self.handle(sk, id, out);
                 }
                 Ok(())
             }

@@ -300,11 +300,10 @@ impl World {
         };
         let donor = &self.acceptors[f.donor];
         let ok_donor = donor
-            .acceptor
-            .as_ref()
+            .acceptor()
             .is_some_and(|a| a.term() == f.term && a.flush_lsn() >= f.to);
         let data = if ok_donor && !self.rng.chance(self.cfg.fetch_fail) {
-            donor.storage.wal().read(f.from, f.to)
+            donor.storage().wal().read(f.from, f.to)
         } else {
             None
         };
