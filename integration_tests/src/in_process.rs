@@ -125,13 +125,19 @@ pub struct InProcessSafekeeper {
 }
 
 impl InProcessSafekeeper {
-    /// Starts a server (fsync off) in a temporary data directory, with `hook` in front
-    /// of its storage. Call it on a multi-threaded runtime.
+    /// Starts a server (node 1, fsync off) in a temporary data directory, with `hook` in
+    /// front of its storage. Call it on a multi-threaded runtime.
     pub async fn start(hook: Option<Arc<dyn StorageHook>>) -> anyhow::Result<Self> {
+        Self::start_with(|c| c.storage_hook = hook).await
+    }
+
+    /// Starts a server (node 1, fsync off, in a temporary data directory) with `tweak`
+    /// applied to its configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut conf = Config::new(NodeId(1), dir.path().join("sk"));
         conf.sync = SyncMode::NoSync;
-        conf.storage_hook = hook;
+        tweak(&mut conf);
         let shutdown = CancellationToken::new();
         let server = Server::start(conf, shutdown.clone()).await?;
         let ctx = server.ctx().clone();

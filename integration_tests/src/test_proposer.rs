@@ -37,6 +37,8 @@ pub struct TestProposer {
     conn: PgConn,
     version: ProtocolVersion,
     ttid: TenantTimelineId,
+    /// The generation its messages carry (that of the configuration it greeted with).
+    generation: Generation,
 }
 
 impl TestProposer {
@@ -62,6 +64,7 @@ impl TestProposer {
             conn,
             version,
             ttid,
+            generation: Generation(0),
         })
     }
 
@@ -84,10 +87,21 @@ impl TestProposer {
 
     /// Greeting → AcceptorGreeting.
     pub async fn greet(&mut self, c: Cluster) -> anyhow::Result<AcceptorGreeting> {
+        self.greet_with(c, Configuration::empty()).await
+    }
+
+    /// Greeting with a membership configuration → AcceptorGreeting; later messages carry
+    /// its generation.
+    pub async fn greet_with(
+        &mut self,
+        c: Cluster,
+        mconf: Configuration,
+    ) -> anyhow::Result<AcceptorGreeting> {
+        self.generation = mconf.generation;
         self.send(&ProposerMessage::Greeting(ProposerGreeting {
             tenant_id: self.ttid.tenant_id,
             timeline_id: self.ttid.timeline_id,
-            mconf: Configuration::empty(),
+            mconf,
             pg_version: c.pg_version,
             system_id: c.system_id,
             wal_seg_size: c.wal_seg_size,
@@ -102,7 +116,7 @@ impl TestProposer {
     /// VoteRequest → VoteResponse.
     pub async fn vote(&mut self, term: Term) -> anyhow::Result<VoteResponse> {
         self.send(&ProposerMessage::VoteRequest(VoteRequest {
-            generation: Generation(0),
+            generation: self.generation,
             term,
         }))
         .await?;
@@ -120,7 +134,7 @@ impl TestProposer {
         start: Lsn,
     ) -> anyhow::Result<()> {
         self.send(&ProposerMessage::Elected(ProposerElected {
-            generation: Generation(0),
+            generation: self.generation,
             term,
             start_streaming_at: start,
             term_history: history,
@@ -139,7 +153,7 @@ impl TestProposer {
         let end = Lsn(begin.0 + data.len() as u64);
         self.send(&ProposerMessage::AppendRequest(AppendRequest {
             h: AppendRequestHeader {
-                generation: Generation(0),
+                generation: self.generation,
                 term,
                 begin_lsn: begin,
                 end_lsn: end,

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use utils::NodeId;
@@ -34,6 +35,9 @@ pub struct Config {
     pub read_io_threads: usize,
     /// Worker threads of the runtime WAL senders run on.
     pub sender_threads: usize,
+    /// How often a timeline with a membership configuration asks its peers for their
+    /// positions (the peers' horizon); `None`: never.
+    pub peer_status_interval: Option<Duration>,
     /// A hook in front of every storage operation, for tests (`None` in production).
     pub storage_hook: Option<Arc<dyn StorageHook>>,
 }
@@ -49,6 +53,7 @@ impl Config {
             wal_io_threads: 16,
             read_io_threads: 8,
             sender_threads: 2,
+            peer_status_interval: Some(Duration::from_secs(10)),
             storage_hook: None,
         }
     }
@@ -64,6 +69,7 @@ impl std::fmt::Debug for Config {
             .field("wal_io_threads", &self.wal_io_threads)
             .field("read_io_threads", &self.read_io_threads)
             .field("sender_threads", &self.sender_threads)
+            .field("peer_status_interval", &self.peer_status_interval)
             .field("storage_hook", &self.storage_hook.is_some())
             .finish()
     }

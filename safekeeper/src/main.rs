@@ -51,6 +51,10 @@ struct Args {
     /// Threads of the runtime that sends WAL to readers.
     #[arg(long, value_name = "N", default_value_t = 2)]
     sender_threads: usize,
+    /// Seconds between asking the peers of a timeline (its membership configuration) for
+    /// their positions; 0 = never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    peer_status_interval: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +82,8 @@ fn main() -> anyhow::Result<()> {
     conf.wal_io_threads = args.wal_io_threads;
     conf.read_io_threads = args.read_io_threads;
     conf.sender_threads = args.sender_threads;
+    conf.peer_status_interval = (args.peer_status_interval > 0)
+        .then(|| std::time::Duration::from_secs(args.peer_status_interval));
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.network_threads > 0 {
         rt.worker_threads(args.network_threads);

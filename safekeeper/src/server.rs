@@ -58,8 +58,20 @@ pub struct Server {
     ctx: Arc<ServerCtx>,
     wal_pool: DiskPool,
     read_pool: DiskPool,
-    senders: tokio::runtime::Runtime,
+    /// `None` once shut down.
+    senders: Option<tokio::runtime::Runtime>,
     _lock: File,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A runtime may not be dropped (blocking) inside another: let it go in the
+        // background. After `run` it is gone already; this covers a server dropped
+        // without running (a failed test, say).
+        if let Some(rt) = self.senders.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Server {
@@ -97,6 +109,8 @@ impl Server {
             hook: conf.storage_hook.clone(),
         };
         let tl_ctx = TimelineCtx {
+            node_id: conf.id,
+            peer_status_interval: conf.peer_status_interval,
             wal_pool: wal_pool.clone(),
             read_pool: read_pool.clone(),
             metrics: metrics.clone(),
@@ -114,7 +128,7 @@ impl Server {
             }),
             wal_pool,
             read_pool,
-            senders,
+            senders: Some(senders),
             _lock: lock,
         })
     }
@@ -126,7 +140,7 @@ impl Server {
 
     /// Serves both listeners until the shutdown token is cancelled and everything the
     /// server started has stopped.
-    pub async fn run(self, pg: TcpListener, http: TcpListener) -> std::io::Result<()> {
+    pub async fn run(mut self, pg: TcpListener, http: TcpListener) -> std::io::Result<()> {
         let ctx = self.ctx.clone();
         let http_task = tokio::spawn(crate::http::serve(http, ctx.clone()));
         let tracker = TaskTracker::new();
@@ -168,8 +182,10 @@ impl Server {
         ctx.timelines.shutdown().await;
         let _ = http_task.await;
         // Every task on it has ended (they are the timelines' tasks).
-        self.senders.shutdown_background();
-        let (wal_pool, read_pool) = (self.wal_pool, self.read_pool);
+        if let Some(rt) = self.senders.take() {
+            rt.shutdown_background();
+        }
+        let (wal_pool, read_pool) = (self.wal_pool.clone(), self.read_pool.clone());
         tokio::task::spawn_blocking(move || {
             wal_pool.shutdown();
             read_pool.shutdown();

@@ -15,6 +15,7 @@
 //! on pool threads), or take input after its shutdown began.
 
 mod ingest;
+mod peers;
 mod reads;
 pub mod status;
 
@@ -28,9 +29,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
-use utils::TenantTimelineId;
+use utils::{NodeId, TenantTimelineId};
 
 pub use ingest::{Input, ReplyTo};
+pub use peers::PEER_STATUS_APP;
 pub use status::TimelineStatus;
 
 use crate::disk_pool::DiskPool;
@@ -61,6 +63,10 @@ struct Inbox {
 /// What a timeline needs from the server.
 #[derive(Clone)]
 pub struct TimelineCtx {
+    /// This safekeeper's node id.
+    pub node_id: NodeId,
+    /// How often peers are asked for their positions (`None`: never).
+    pub peer_status_interval: Option<Duration>,
     /// Where the ingest loop and the timeline's other disk work run.
     pub wal_pool: DiskPool,
     /// Where senders read WAL that is not in the page cache.
@@ -123,6 +129,7 @@ impl Timeline {
             next_conn: AtomicU64::new(1),
         });
         tl.start_checkpoints();
+        tl.start_peer_status(tl.ctx.peer_status_interval);
         tl
     }
 
