@@ -7,6 +7,7 @@
 //! reports them), or run against anything but 127.0.0.1.
 
 mod baseline;
+mod crowd;
 mod e2e;
 mod ingest;
 mod plot;
@@ -73,6 +74,8 @@ pub struct Params {
     pub e2e_rounds: usize,
     /// Timelines for the idle-RSS figure.
     pub timelines: usize,
+    /// Proposers streaming at once into one safekeeper, one crowd per entry.
+    pub crowds: Vec<usize>,
 }
 
 impl Params {
@@ -90,6 +93,7 @@ impl Params {
                 pgbench_scale: 10,
                 e2e_rounds: 1,
                 timelines: 100,
+                crowds: vec![1000],
             }
         } else {
             Params {
@@ -104,6 +108,7 @@ impl Params {
                 pgbench_scale: 10,
                 e2e_rounds: 3,
                 timelines: 1000,
+                crowds: vec![1000, 10_000],
             }
         }
     }

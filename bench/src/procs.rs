@@ -136,6 +136,11 @@ pub fn hwm_kib(pid: u32) -> u64 {
     status_field(pid, "VmHWM:")
 }
 
+/// Threads of a process (`Threads:`), 0 if it is gone.
+pub fn thread_count(pid: u32) -> u64 {
+    status_field(pid, "Threads:")
+}
+
 fn status_field(pid: u32, field: &str) -> u64 {
     let Ok(f) = File::open(format!("/proc/{pid}/status")) else {
         return 0;
@@ -243,6 +248,11 @@ pub struct Safekeeper {
 impl Safekeeper {
     /// Starts safekeeper `id` on `datadir` (fsync on) and waits until it listens.
     pub fn start(id: u64, datadir: &Path) -> anyhow::Result<Safekeeper> {
+        Safekeeper::start_with_args(id, datadir, &[])
+    }
+
+    /// Like [`Safekeeper::start`], with `extra` flags on the command line.
+    pub fn start_with_args(id: u64, datadir: &Path, extra: &[&str]) -> anyhow::Result<Safekeeper> {
         std::fs::create_dir_all(datadir)?;
         let port = free_port()?;
         let http = free_port()?;
@@ -255,6 +265,7 @@ impl Safekeeper {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--listen-http")
             .arg(format!("127.0.0.1:{http}"))
+            .args(extra)
             .env("RUST_LOG", "warn");
         let mut proc = Proc::spawn(
             &format!("safekeeper {id}"),

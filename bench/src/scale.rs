@@ -1,7 +1,8 @@
 //! Item 5 (the part without readers): RSS of one safekeeper idle with many timelines,
-//! and its peak RSS under the ingest load (sampled by the ingest section).
+//! its peak RSS under the ingest load (sampled by the ingest section), and its threads
+//! and RSS with a crowd of proposers streaming at once ([`crate::crowd`]).
 //!
-//! The timelines are created by the proposer library itself (the same code as
+//! The idle timelines are created by the proposer library itself (the same code as
 //! `walproposer generate`), `concurrency` at a time, each with a little WAL; the
 //! safekeeper is then restarted so the figure is that of timelines loaded from disk.
 
@@ -11,7 +12,8 @@ use utils::{Lsn, TenantId, TimelineId};
 use walproposer::generate::{self, GenerateOptions, Pacing};
 use walproposer::proposer::Config;
 
-use crate::procs::{Safekeeper, hwm_kib, rss_kib};
+use crate::crowd;
+use crate::procs::{Safekeeper, hwm_kib, rss_kib, thread_count};
 use crate::report::mib;
 use crate::{Ctx, fresh_dir, new_ids};
 
@@ -122,5 +124,138 @@ pub fn scale(ctx: &mut Ctx) -> anyhow::Result<()> {
     }
     drop(sk);
     std::fs::remove_dir_all(&dir)?;
+    for &n in &p.crowds {
+        crowd_figures(ctx, n)?;
+    }
     Ok(())
+}
+
+/// Open files asked for before a crowd: far above what 10,000 proposers need.
+const OPEN_FILES_WANTED: u64 = 200_000;
+/// The thread budget of a safekeeper serving a crowd.
+const MAX_THREADS: u64 = 64;
+
+/// Open files a crowd of `n` needs in the safekeeper: per proposer its socket and the
+/// open segment of its timeline (2,018 measured with 1,000), plus room for the rest.
+/// The harness itself needs one socket per proposer, which is less.
+fn open_files_needed(n: usize) -> u64 {
+    2 * n as u64 + 1024
+}
+
+/// `n` proposers streaming at once into a fresh safekeeper (fsync on): its threads and
+/// RSS, and whether every proposer got its WAL flushed.
+fn crowd_figures(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
+    let sec = "5. Memory and scale";
+    let (limit, why) = crowd::raise_open_files(OPEN_FILES_WANTED);
+    if limit < open_files_needed(n) {
+        let note = format!(
+            "{n} proposers at once: not measured. The safekeeper would need about {} open \
+             files (a socket and an open segment per proposer); the limit is {limit}{}.",
+            open_files_needed(n),
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+        eprintln!("  {note}");
+        ctx.report.notes.push(note);
+        return Ok(());
+    }
+    let dir = fresh_dir(&ctx.work.join("crowd"))?;
+    let max_conns = (n + 100).to_string();
+    let mut sk =
+        Safekeeper::start_with_args(1, &dir.join("sk1"), &["--max-connections", &max_conns])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = sk.proc.pid();
+    let (idle_threads, idle_rss) = (thread_count(pid), rss_kib(pid));
+    let phase_timeout = Duration::from_secs(60 + n as u64 / 50);
+    let c = crowd::run(&sk.addr(), pid, n, phase_timeout)?;
+    let hwm = hwm_kib(pid);
+    sk.proc.check_alive()?;
+    eprintln!(
+        "  crowd of {n}: {} elected in {:.1} s, {} flushed {:.1} s later; threads {} (idle \
+         {idle_threads}), RSS peak {} KiB (VmHWM {hwm}, idle {idle_rss}), {} open files",
+        c.elected,
+        c.elect_time.as_secs_f64(),
+        c.flushed,
+        c.append_time.as_secs_f64(),
+        c.peak_threads,
+        c.peak_rss_kib,
+        c.open_files
+    );
+    let load = format!(
+        "{n} × (START_WAL_PUSH, greeting, vote, elected) held open, {} setting up at \
+         once; when all are elected, {} AppendRequests of {} × {} KiB records each, one at a \
+         time",
+        crowd::HANDSHAKES_AT_ONCE,
+        crowd::ROUNDS,
+        crowd::RECORDS_PER_ROUND,
+        crowd::RECORD_SIZE / 1024
+    );
+    ctx.report.row(
+        sec,
+        format!(
+            "safekeeper threads, peak, with {n} proposers streaming at once (one timeline each)"
+        ),
+        c.peak_threads.to_string(),
+        format!("{idle_threads} (idle, no timelines)"),
+        None,
+        met(c.peak_threads <= MAX_THREADS, &format!("≤ {MAX_THREADS}")),
+        format!("{load}; Threads in /proc every 20 ms"),
+    );
+    ctx.report.row(
+        sec,
+        format!("safekeeper RSS, peak, with {n} proposers streaming at once"),
+        format!(
+            "{} (VmHWM {}; {:.0} KiB per proposer)",
+            mib(c.peak_rss_kib),
+            mib(hwm),
+            c.peak_rss_kib.saturating_sub(idle_rss) as f64 / n as f64
+        ),
+        format!("{} (idle, no timelines)", mib(idle_rss)),
+        None,
+        "",
+        "the same crowd: VmRSS every 20 ms, VmHWM",
+    );
+    ctx.report.row(
+        sec,
+        format!("{n} proposers streaming at once: WAL flushed"),
+        format!(
+            "{} of {n} (electing all: {:.1} s; then the appends: {:.1} s)",
+            c.flushed,
+            c.elect_time.as_secs_f64(),
+            c.append_time.as_secs_f64()
+        ),
+        "—",
+        None,
+        met(c.flushed == n, "all"),
+        "the same crowd: flush_lsn of the last AppendResponse",
+    );
+    if c.flushed < n {
+        let unanswered = n - c.flushed - c.failed;
+        ctx.report.notes.push(format!(
+            "{n} proposers at once: {} elected, {} got their WAL flushed, {} failed{}{}.",
+            c.elected,
+            c.flushed,
+            c.failed,
+            if c.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" (first errors: {})", c.errors.join("; "))
+            },
+            if unanswered > 0 {
+                format!(
+                    ", {unanswered} had no answer within {} s per phase",
+                    phase_timeout.as_secs()
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    drop(sk);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// "≤ 64: **met**" / "**missed**".
+fn met(ok: bool, target: &str) -> String {
+    format!("{target}: {}", if ok { "**met**" } else { "**missed**" })
 }

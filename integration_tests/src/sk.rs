@@ -57,6 +57,7 @@ pub struct Safekeeper {
     child: Option<Child>,
     log: PathBuf,
     no_sync: bool,
+    extra_args: Vec<String>,
 }
 
 impl Safekeeper {
@@ -64,6 +65,17 @@ impl Safekeeper {
     /// it accepts connections. `--no-sync` unless `sync` (tests that kill processes do not
     /// need fsync: the page cache survives a process crash).
     pub fn start(id: u64, datadir: &Path, sync: bool) -> anyhow::Result<Safekeeper> {
+        Safekeeper::start_with_args(id, datadir, sync, &[])
+    }
+
+    /// Like [`Safekeeper::start`], with `extra` flags added to the command line on every
+    /// (re)start (e.g. `["--max-connections", "1200"]`).
+    pub fn start_with_args(
+        id: u64,
+        datadir: &Path,
+        sync: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<Safekeeper> {
         std::fs::create_dir_all(datadir)?;
         let mut sk = Safekeeper {
             id,
@@ -73,6 +85,7 @@ impl Safekeeper {
             child: None,
             log: datadir.with_extension("log"),
             no_sync: !sync,
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
         };
         sk.restart()?;
         Ok(sk)
@@ -167,6 +180,7 @@ impl Safekeeper {
         if self.no_sync {
             cmd.arg("--no-sync");
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn().context("spawn safekeeper")?);
         Ok(())
     }
