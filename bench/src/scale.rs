@@ -135,11 +135,12 @@ const OPEN_FILES_WANTED: u64 = 200_000;
 /// The thread budget of a safekeeper serving a crowd.
 const MAX_THREADS: u64 = 64;
 
-/// Open files a crowd of `n` needs in the safekeeper: per proposer its socket and the
-/// open segment of its timeline (2,018 measured with 1,000), plus room for the rest.
-/// The harness itself needs one socket per proposer, which is less.
+/// Open files a crowd of `n` needs in the safekeeper: a socket per proposer, plus room
+/// for the rest. Open segment files fit in what is left: the safekeeper budgets them
+/// below its limit (`--max-open-segments`), closing the segment of an idle timeline when
+/// over it. The harness itself needs one socket per proposer.
 fn open_files_needed(n: usize) -> u64 {
-    2 * n as u64 + 1024
+    n as u64 + 1024
 }
 
 /// `n` proposers streaming at once into a fresh safekeeper (fsync on): its threads and
@@ -150,7 +151,7 @@ fn crowd_figures(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
     if limit < open_files_needed(n) {
         let note = format!(
             "{n} proposers at once: not measured. The safekeeper would need about {} open \
-             files (a socket and an open segment per proposer); the limit is {limit}{}.",
+             files (a socket per proposer and a reserve); the limit is {limit}{}.",
             open_files_needed(n),
             why.map(|w| format!(" ({w})")).unwrap_or_default()
         );

@@ -249,7 +249,7 @@ pub fn persist(dir: &Path, state: &TimelineState, sync: SyncMode) -> io::Result<
     drop(f);
     fs::rename(&tmp, &target)?;
     // The rename itself is durable only once the directory is.
-    sync.fsync_dir(dir);
+    sync.fsync_dir(dir)?;
     Ok(())
 }
 

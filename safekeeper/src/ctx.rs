@@ -35,6 +35,10 @@ pub struct Config {
     pub read_io_threads: usize,
     /// Worker threads of the runtime WAL senders run on.
     pub sender_threads: usize,
+    /// Segment files all timelines may keep open between writes (see
+    /// [`crate::wal_storage::OpenSegments`]); keep it below the open-files limit minus
+    /// `max_connections`.
+    pub max_open_segments: usize,
     /// How often a timeline with a membership configuration asks its peers for their
     /// positions (the peers' horizon); `None`: never.
     pub peer_status_interval: Option<Duration>,
@@ -53,6 +57,7 @@ impl Config {
             wal_io_threads: 16,
             read_io_threads: 8,
             sender_threads: 2,
+            max_open_segments: 10_000,
             peer_status_interval: Some(Duration::from_secs(10)),
             storage_hook: None,
         }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("wal_io_threads", &self.wal_io_threads)
             .field("read_io_threads", &self.read_io_threads)
             .field("sender_threads", &self.sender_threads)
+            .field("max_open_segments", &self.max_open_segments)
             .field("peer_status_interval", &self.peer_status_interval)
             .field("storage_hook", &self.storage_hook.is_some())
             .finish()

@@ -42,12 +42,18 @@ impl SyncMode {
     }
 
     /// fsync a directory so the names created, renamed or removed in it are durable.
-    pub fn fsync_dir(self, dir: &Path) {
-        if self == SyncMode::Sync
-            && let Err(e) = utils::fs::fsync_dir(dir)
-        {
+    /// Failing to *open* it (out of file descriptors, say) is an ordinary error for the
+    /// caller: nothing was lost, the operation just did not happen. Only a failed sync is
+    /// fatal.
+    pub fn fsync_dir(self, dir: &Path) -> io::Result<()> {
+        if self == SyncMode::NoSync {
+            return Ok(());
+        }
+        let d = File::open(dir)?;
+        if let Err(e) = d.sync_all() {
             sync_failed("fsync of directory", dir, &e);
         }
+        Ok(())
     }
 
     /// Fsyncs a whole tree (start-up: see [`utils::fs::fsync_tree`]).

@@ -51,6 +51,11 @@ struct Args {
     /// Threads of the runtime that sends WAL to readers.
     #[arg(long, value_name = "N", default_value_t = 2)]
     sender_threads: usize,
+    /// Segment files kept open between writes, over all timelines; past it an idle
+    /// timeline closes its segment and reopens it at its next write. 0 = the open-files
+    /// limit less --max-connections and a reserve of 512.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_open_segments: usize,
     /// Seconds between asking the peers of a timeline (its membership configuration) for
     /// their positions; 0 = never.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -71,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             "--no-sync: fsync is DISABLED; acknowledged WAL can be lost on a machine crash. Use for tests only."
         );
     }
-    raise_open_files_limit();
+    let files = raise_open_files_limit();
     let mut conf = Config::new(NodeId(args.id), args.datadir.clone());
     conf.sync = if args.no_sync {
         SyncMode::NoSync
@@ -79,6 +84,20 @@ fn main() -> anyhow::Result<()> {
         SyncMode::Sync
     };
     conf.max_connections = args.max_connections;
+    // Each connection is a descriptor, so is each open segment file; a reserve covers
+    // control files, directories being fsynced, readers' segments and the listeners.
+    const RESERVE: usize = 512;
+    if args.max_connections + RESERVE > files {
+        tracing::warn!(
+            files,
+            max_connections = args.max_connections,
+            "the open-files limit is below --max-connections plus {RESERVE}: connections may fail with \"Too many open files\""
+        );
+    }
+    conf.max_open_segments = match args.max_open_segments {
+        0 => files.saturating_sub(args.max_connections + RESERVE).max(64),
+        n => n,
+    };
     conf.wal_io_threads = args.wal_io_threads;
     conf.read_io_threads = args.read_io_threads;
     conf.sender_threads = args.sender_threads;
@@ -112,8 +131,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Every proposer connection is a socket and an open segment file: raise the soft limit
-/// on open files to the hard one (as far as the kernel allows), and say what it is.
-fn raise_open_files_limit() {
+/// on open files to the hard one (as far as the kernel allows), say what it is, and
+/// return it.
+fn raise_open_files_limit() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -121,7 +141,7 @@ fn raise_open_files_limit() {
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
+            return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit {
@@ -134,6 +154,7 @@ fn raise_open_files_limit() {
         }
     }
     tracing::info!(limit = lim.rlim_cur, "open files limit");
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

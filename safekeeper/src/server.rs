@@ -31,6 +31,7 @@ use crate::handler;
 use crate::metrics::Metrics;
 use crate::timeline::TimelineCtx;
 use crate::timelines::{RegistryConfig, Timelines};
+use crate::wal_storage::OpenSegments;
 
 /// Name of the lock file in the data directory.
 pub const LOCK_FILE_NAME: &str = "safekeeper.lock";
@@ -107,6 +108,7 @@ impl Server {
             node_id: conf.id,
             sync: conf.sync,
             hook: conf.storage_hook.clone(),
+            open_segments: OpenSegments::new(conf.max_open_segments),
         };
         let tl_ctx = TimelineCtx {
             node_id: conf.id,

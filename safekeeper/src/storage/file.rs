@@ -16,10 +16,9 @@ use utils::{Lsn, SegNo, TenantTimelineId};
 
 use super::{Storage, StorageHook, StorageOp};
 use crate::control_file::{self, ControlFileError};
-use crate::disk_pool::DiskPool;
 use crate::durability::SyncMode;
 use crate::state::TimelineState;
-use crate::wal_storage::{WalStorage, WriteOutcome, open_segment_for_read};
+use crate::wal_storage::{SegmentEnv, WalStorage, WriteOutcome, open_segment_for_read};
 
 /// The files of one timeline.
 pub struct FileStorage {
@@ -44,23 +43,28 @@ impl std::fmt::Debug for FileStorage {
 
 impl FileStorage {
     /// The storage of the timeline in `dir`, whose WAL segments are `seg_size` bytes.
-    /// Background work (preparing the next segment) goes to `pool`.
+    /// Background work (preparing the next segment) goes to the environment's pool.
     pub fn new(
         ttid: TenantTimelineId,
         dir: &Path,
         seg_size: u32,
-        sync: SyncMode,
-        pool: Option<DiskPool>,
+        env: SegmentEnv,
         hook: Option<Arc<dyn StorageHook>>,
     ) -> Self {
         FileStorage {
             ttid,
             dir: dir.to_path_buf(),
-            sync,
-            wal: WalStorage::open(dir, seg_size, sync, Lsn::INVALID, pool),
+            sync: env.sync,
+            wal: WalStorage::open(dir, seg_size, Lsn::INVALID, env),
             hook,
             scan: None,
         }
+    }
+
+    /// The ingest loop went idle: give the segment file back if the server is over its
+    /// budget of open segment files (see [`crate::wal_storage::OpenSegments`]).
+    pub fn release_if_over_budget(&mut self) {
+        self.wal.release_if_over_budget();
     }
 
     /// Reads the control file of the timeline in `dir` (before the segment size is

@@ -114,6 +114,8 @@ impl Timeline {
                 if inbox.queue.is_empty() {
                     if !core.exec.owes() {
                         inbox.running = false;
+                        drop(inbox);
+                        core.exec.storage_mut().release_if_over_budget();
                         return;
                     }
                 } else {

@@ -97,12 +97,12 @@ pub fn create(datadir: &Path, state: &TimelineState, sync: SyncMode) -> io::Resu
     let tenant_dir = datadir.join(ttid.tenant_id.to_string());
     if !tenant_dir.exists() {
         fs::create_dir_all(&tenant_dir)?;
-        sync.fsync_dir(datadir);
+        sync.fsync_dir(datadir)?;
     }
     fs::rename(&tmp, timeline_dir(datadir, &ttid))?;
     // Both directories changed: the target gained an entry, tmp lost one.
-    sync.fsync_dir(&tenant_dir);
-    sync.fsync_dir(&datadir.join(TMP_DIR));
+    sync.fsync_dir(&tenant_dir)?;
+    sync.fsync_dir(&datadir.join(TMP_DIR))?;
     Ok(())
 }
 
@@ -120,8 +120,8 @@ pub fn remove(datadir: &Path, ttid: &TenantTimelineId, sync: SyncMode) -> io::Re
     }
     fs::create_dir_all(datadir.join(TMP_DIR))?;
     fs::rename(&dir, &doomed)?;
-    sync.fsync_dir(&datadir.join(ttid.tenant_id.to_string()));
-    sync.fsync_dir(&datadir.join(TMP_DIR));
+    sync.fsync_dir(&datadir.join(ttid.tenant_id.to_string()))?;
+    sync.fsync_dir(&datadir.join(TMP_DIR))?;
     fs::remove_dir_all(&doomed)
 }
 

@@ -34,6 +34,7 @@ use crate::metrics::LoadReason;
 use crate::state::ServerInfo;
 use crate::storage::StorageHook;
 use crate::timeline::{Timeline, TimelineCtx};
+use crate::wal_storage::OpenSegments;
 
 /// Why a timeline cannot be had.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -90,6 +91,8 @@ pub struct RegistryConfig {
     pub sync: SyncMode,
     /// The test hook of every timeline's storage (`None` in production).
     pub hook: Option<Arc<dyn StorageHook>>,
+    /// The budget of open segment files all timelines share.
+    pub open_segments: OpenSegments,
 }
 
 /// All timelines of this safekeeper.

@@ -12,6 +12,7 @@ use super::{Timelines, layout};
 use crate::ingest::{Executor, OpenError};
 use crate::state::{ServerInfo, TimelineState};
 use crate::storage::FileStorage;
+use crate::wal_storage::SegmentEnv;
 
 impl Timelines {
     fn storage(&self, ttid: TenantTimelineId, seg_size: u32) -> FileStorage {
@@ -19,8 +20,11 @@ impl Timelines {
             ttid,
             &self.timeline_dir(&ttid),
             seg_size,
-            self.conf.sync,
-            Some(self.ctx.wal_pool.clone()),
+            SegmentEnv {
+                sync: self.conf.sync,
+                pool: Some(self.ctx.wal_pool.clone()),
+                budget: Some(self.conf.open_segments.clone()),
+            },
             self.conf.hook.clone(),
         )
     }

@@ -72,6 +72,6 @@ pub(super) fn create_segment(
     // crash before this point leaves a short file that the end-of-WAL scan stops at.
     file.set_len(seg_len)?;
     sync.fsync(&file, path);
-    sync.fsync_dir(dir);
+    sync.fsync_dir(dir)?;
     Ok(())
 }

@@ -33,6 +33,7 @@ use utils::{Lsn, SegNo};
 
 use crate::durability::SyncMode;
 
+mod budget;
 mod io_util;
 mod prepare;
 #[cfg(test)]
@@ -40,6 +41,8 @@ mod tests;
 
 use io_util::{create_segment, pwritev_all};
 use prepare::Preparing;
+
+pub use budget::OpenSegments;
 
 use crate::disk_pool::DiskPool;
 
@@ -67,6 +70,30 @@ struct OpenSegment {
     path: PathBuf,
     /// Written since the last fdatasync.
     dirty: bool,
+    /// Its place in the budget of open segment files.
+    _slot: Option<budget::Slot>,
+}
+
+/// What the segment files of every timeline share.
+#[derive(Clone, Debug)]
+pub struct SegmentEnv {
+    /// Whether syncs are real.
+    pub sync: SyncMode,
+    /// Where background segment creation runs (`None`: on the write path).
+    pub pool: Option<DiskPool>,
+    /// The budget of open segment files (`None`: unlimited).
+    pub budget: Option<OpenSegments>,
+}
+
+impl SegmentEnv {
+    /// No pool, no budget (tests and tools).
+    pub fn plain(sync: SyncMode) -> Self {
+        SegmentEnv {
+            sync,
+            pool: None,
+            budget: None,
+        }
+    }
 }
 
 /// The WAL files of one timeline.
@@ -85,6 +112,11 @@ pub struct WalStorage {
     batch: Batch,
     /// Where background segment creation runs (`None`: on the write path).
     pool: Option<DiskPool>,
+    /// The budget of open segment files.
+    budget: Option<OpenSegments>,
+    /// A segment written since its last fdatasync whose file was closed for the budget:
+    /// the next flush (or the next write into it) syncs it.
+    unsynced: Option<SegNo>,
 }
 
 /// What a write did besides writing.
@@ -101,22 +133,34 @@ impl WalStorage {
     /// Opens the WAL of a timeline whose valid WAL ends at `end` (0 = no WAL yet).
     /// Everything at or above `end` is treated as garbage and zeroed/removed by
     /// [`WalStorage::truncate`], which the caller runs once after opening.
-    pub fn open(
-        dir: &Path,
-        seg_size: u32,
-        sync: SyncMode,
-        end: Lsn,
-        pool: Option<DiskPool>,
-    ) -> Self {
+    pub fn open(dir: &Path, seg_size: u32, end: Lsn, env: SegmentEnv) -> Self {
         WalStorage {
             dir: dir.to_path_buf(),
             seg_size,
-            sync,
+            sync: env.sync,
             write_lsn: end,
             current: None,
             next: None,
             batch: Batch::default(),
-            pool,
+            pool: env.pool,
+            budget: env.budget,
+            unsynced: None,
+        }
+    }
+
+    /// Closes the segment file held open between writes if the server is over its budget
+    /// of open segment files (see [`budget`]) and nothing is batched. The next write opens
+    /// it again. Written bytes not yet fdatasynced stay in the page cache (closing a file
+    /// does not drop them); the segment is remembered as unsynced, so the next flush opens
+    /// it again to sync it (an fdatasync covers the file, whatever descriptor it is on).
+    pub fn release_if_over_budget(&mut self) {
+        let over = self.budget.as_ref().is_some_and(OpenSegments::over);
+        if over
+            && self.batch.len == 0
+            && let Some(seg) = self.current.take()
+            && seg.dirty
+        {
+            self.unsynced = Some(seg.segno);
         }
     }
 
@@ -231,6 +275,10 @@ impl WalStorage {
     /// Makes everything written durable.
     pub fn flush(&mut self) -> io::Result<()> {
         self.write_batch()?;
+        if let Some(segno) = self.unsynced {
+            // Closed for the budget since it was written: open it again to sync it.
+            self.segment_for_write(segno)?;
+        }
         if let Some(seg) = self.current.as_mut()
             && seg.dirty
         {
@@ -270,7 +318,7 @@ impl WalStorage {
                 self.sync.fsync(&f, &path);
                 if path != partial {
                     fs::rename(&path, &partial)?;
-                    self.sync.fsync_dir(&self.dir);
+                    self.sync.fsync_dir(&self.dir)?;
                 }
             }
         }
@@ -283,7 +331,7 @@ impl WalStorage {
             }
         }
         if removed {
-            self.sync.fsync_dir(&self.dir);
+            self.sync.fsync_dir(&self.dir)?;
         }
         self.write_lsn = end;
         Ok(())
@@ -323,7 +371,18 @@ impl WalStorage {
                 // after a truncation, at least finished before we go on).
                 p.join()?;
             }
-            self.current = Some(self.open_segment(segno)?);
+            let mut seg = self.open_segment(segno)?;
+            if let Some(unsynced) = self.unsynced.take() {
+                if unsynced == segno {
+                    seg.dirty = true;
+                } else {
+                    // Another segment's unsynced bytes (cannot happen: a segment is
+                    // synced when it completes); sync it before moving on, to be sure.
+                    let other = self.open_segment(unsynced)?;
+                    self.sync.fdatasync(&other.file, &other.path);
+                }
+            }
+            self.current = Some(seg);
             self.prepare(segno + 1);
         }
         Ok(self.current.as_mut().expect("just opened"))
@@ -360,6 +419,7 @@ impl WalStorage {
                     file,
                     path,
                     dirty: false,
+                    _slot: self.budget.as_ref().map(OpenSegments::take),
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -370,7 +430,7 @@ impl WalStorage {
         let full = self.segment_path(segno);
         if full.exists() {
             fs::rename(&full, &path)?;
-            self.sync.fsync_dir(&self.dir);
+            self.sync.fsync_dir(&self.dir)?;
             return self.open_segment(segno);
         }
         create_segment(&self.dir, &path, seg_len, self.sync)?;

@@ -35,7 +35,7 @@ fn read_range(s: &WalStorage, from: Lsn, to: Lsn) -> Vec<u8> {
 fn small_appends_are_batched_and_land_byte_for_byte_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG));
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, start, None);
+    let mut s = WalStorage::open(dir.path(), SEG, start, SegmentEnv::plain(SyncMode::NoSync));
     let mut all = Vec::new();
     let mut pos = start;
     let mut completed = 0;
@@ -72,7 +72,12 @@ fn small_appends_are_batched_and_land_byte_for_byte_across_segments() {
 #[test]
 fn a_write_is_refused_anywhere_but_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn(u64::from(SEG)), None);
+    let mut s = WalStorage::open(
+        dir.path(),
+        SEG,
+        Lsn(u64::from(SEG)),
+        SegmentEnv::plain(SyncMode::NoSync),
+    );
     assert!(s.write(Lsn(u64::from(SEG) + 8), bytes(8, 0)).is_err());
 }
 
@@ -81,7 +86,16 @@ fn the_next_segment_is_prepared_and_truncation_removes_it() {
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG));
     let pool = DiskPool::new("test", 2);
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::Sync, start, Some(pool.clone()));
+    let mut s = WalStorage::open(
+        dir.path(),
+        SEG,
+        start,
+        SegmentEnv {
+            sync: SyncMode::Sync,
+            pool: Some(pool.clone()),
+            budget: None,
+        },
+    );
     s.write(start, bytes(10_000, 1)).unwrap();
     s.flush().unwrap();
     // Segment 2 is being (or has been) created in the background at full size.
@@ -134,7 +148,12 @@ fn the_segment_image_is_readable_right_after_init() {
     // Readers may read below the timeline start once it is elected, before any flush.
     let dir = tempfile::tempdir().unwrap();
     let start = Lsn(u64::from(SEG) + 40);
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, Lsn::INVALID, None);
+    let mut s = WalStorage::open(
+        dir.path(),
+        SEG,
+        Lsn::INVALID,
+        SegmentEnv::plain(SyncMode::NoSync),
+    );
     s.init(start, &[9u8; 40]).unwrap();
     assert_eq!(read_range(&s, Lsn(u64::from(SEG)), start), vec![9u8; 40]);
     assert_eq!(s.write_lsn(), start);
@@ -152,7 +171,16 @@ fn a_preparation_no_thread_started_is_run_by_the_writer() {
     })
     .unwrap();
     let start = Lsn(u64::from(SEG));
-    let mut s = WalStorage::open(dir.path(), SEG, SyncMode::NoSync, start, Some(pool.clone()));
+    let mut s = WalStorage::open(
+        dir.path(),
+        SEG,
+        start,
+        SegmentEnv {
+            sync: SyncMode::NoSync,
+            pool: Some(pool.clone()),
+            budget: None,
+        },
+    );
     s.write(start, bytes(100, 1)).unwrap();
     let fill = u64::from(SEG) - 100 + 10;
     assert_eq!(
@@ -164,4 +192,55 @@ fn a_preparation_no_thread_started_is_run_by_the_writer() {
     assert!(s.partial_path(2).exists());
     release.send(()).unwrap();
     pool.shutdown();
+}
+
+#[test]
+fn over_the_budget_an_idle_segment_is_closed_and_reopened_at_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = OpenSegments::new(1);
+    let env = |b: &OpenSegments| SegmentEnv {
+        sync: SyncMode::NoSync,
+        pool: None,
+        budget: Some(b.clone()),
+    };
+    let start = Lsn(u64::from(SEG));
+    let (d1, d2) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let mut a = WalStorage::open(&d1, SEG, start, env(&budget));
+    let mut b = WalStorage::open(&d2, SEG, start, env(&budget));
+    a.write(start, bytes(100, 1)).unwrap();
+    a.flush().unwrap();
+    a.release_if_over_budget();
+    assert_eq!(budget.open(), 1, "within the budget nothing is closed");
+    b.write(start, bytes(100, 2)).unwrap();
+    b.flush().unwrap();
+    assert_eq!(budget.open(), 2);
+    b.release_if_over_budget();
+    assert_eq!(
+        budget.open(),
+        1,
+        "over the budget the idle segment is closed"
+    );
+    // Written into the page cache, not synced, then closed: the flush reopens it.
+    let at = Lsn(start.0 + 100);
+    b.write(at, bytes(50, 3)).unwrap();
+    b.write_batch().unwrap();
+    assert_eq!(budget.open(), 2);
+    b.release_if_over_budget();
+    assert_eq!(budget.open(), 1);
+    assert_eq!(b.unsynced, Some(1));
+    b.flush().unwrap();
+    assert_eq!(b.unsynced, None, "synced through a new descriptor");
+    b.release_if_over_budget();
+    assert_eq!(budget.open(), 1);
+    // Writing reopens it, and the bytes land where they belong.
+    let at2 = Lsn(at.0 + 50);
+    b.write(at2, bytes(30, 4)).unwrap();
+    b.flush().unwrap();
+    assert_eq!(budget.open(), 2);
+    assert_eq!(
+        read_range(&b, start, Lsn(at2.0 + 30)),
+        [bytes(100, 2), bytes(50, 3), bytes(30, 4)].concat()
+    );
 }
