@@ -41,6 +41,8 @@ pub struct Metrics {
     pub ingest_flushes: Counter,
     /// Seconds per group-commit flush (fdatasync and any control-file persist).
     pub ingest_flush_seconds: Histogram,
+    /// WAL bytes made durable per group-commit flush.
+    pub ingest_flush_bytes: Histogram,
     /// Proposer connections streaming now.
     pub proposer_connections: Gauge,
     /// WAL senders streaming now.
@@ -82,6 +84,13 @@ impl Metrics {
             "Duration of a group-commit flush (fdatasync and control-file persist)",
             ingest_flush_seconds.clone(),
         );
+        // 512 B to 64 MiB.
+        let ingest_flush_bytes = Histogram::new(exponential_buckets(512.0, 2.0, 18));
+        registry.register(
+            "ingest_flush_bytes",
+            "WAL bytes made durable by one group-commit flush",
+            ingest_flush_bytes.clone(),
+        );
         let proposer_connections = Gauge::default();
         registry.register(
             "proposer_connections",
@@ -99,6 +108,7 @@ impl Metrics {
             timeline_loads,
             ingest_flushes,
             ingest_flush_seconds,
+            ingest_flush_bytes,
             proposer_connections,
             sender_streams,
         }

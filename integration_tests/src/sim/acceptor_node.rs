@@ -140,9 +140,34 @@ impl AcceptorNode {
         self.call(crash_at, Executor::flush_owed)
     }
 
+    /// Group commit overlapping the next writes: begins a flush (the world finishes it
+    /// later with [`AcceptorNode::finish_flush`]).
+    pub fn start_flush(&mut self, crash_at: Option<usize>) -> Outcome {
+        self.call(crash_at, |e| {
+            // Running it does nothing on this disk; the durability comes when it is
+            // awaited, in `finish_flush`.
+            e.start_flush().map(|f| {
+                if let Some(f) = f {
+                    safekeeper::storage::PendingFlush::run(f);
+                }
+                Vec::new()
+            })
+        })
+    }
+
+    /// The flush in flight completes: the connections it was begun for are answered.
+    pub fn finish_flush(&mut self, crash_at: Option<usize>) -> Outcome {
+        self.call(crash_at, Executor::finish_flush)
+    }
+
+    /// True if up with a flush in flight.
+    pub fn flush_in_flight(&self) -> bool {
+        self.exec.as_ref().is_some_and(Executor::flush_in_flight)
+    }
+
     /// Connection `conn` ended: the server's disconnect (flush and checkpoint).
     pub fn disconnect(&mut self, conn: ConnId) -> Outcome {
-        self.call(None, |e| e.disconnect(conn).map(|()| Vec::new()))
+        self.call(None, |e| e.disconnect(conn))
     }
 
     fn call(

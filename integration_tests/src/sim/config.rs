@@ -139,7 +139,7 @@ impl Default for SimOptions {
             mutation: Mutation::None,
             aux_checks: true,
             verbose: false,
-            settle_steps: 3000,
+            settle_steps: 5000,
             unbounded_source: false,
             proposers: None,
         }

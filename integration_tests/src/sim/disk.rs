@@ -14,7 +14,7 @@ use std::io;
 use bytes::Bytes;
 use safekeeper::control_file::ControlFileError;
 use safekeeper::state::TimelineState;
-use safekeeper::storage::{Storage, WriteOutcome};
+use safekeeper::storage::{PendingFlush, Storage, WriteOutcome};
 use utils::Lsn;
 
 use super::config::{Mutation, SEG_SIZE};
@@ -40,6 +40,17 @@ pub struct SimDisk {
     cuts: Vec<Lsn>,
     /// A contract the executor broke, not yet reported.
     contract: Option<String>,
+    /// The end a begun flush makes durable once it is awaited.
+    pending_flush: Option<Lsn>,
+}
+
+/// A flush begun on the simulated disk: running it does nothing; what it covered becomes
+/// durable when the executor awaits it (the world decides when that happens, and a crash
+/// before it loses what it covered).
+pub struct SimFlush;
+
+impl PendingFlush for SimFlush {
+    fn run(self) {}
 }
 
 impl SimDisk {
@@ -55,6 +66,7 @@ impl SimDisk {
             strict,
             cuts: Vec::new(),
             contract: None,
+            pending_flush: None,
         }
     }
 
@@ -78,6 +90,7 @@ impl SimDisk {
     pub fn power_loss(&mut self, keep: impl FnOnce(u64) -> u64) -> u64 {
         self.crashed = false;
         self.crash_in = None;
+        self.pending_flush = None;
         self.mem.crash(keep)
     }
 
@@ -156,6 +169,24 @@ impl Storage for SimDisk {
         self.op()?;
         if self.mutation != Mutation::DropFlush {
             self.mem.flush();
+        }
+        Ok(())
+    }
+
+    type Flush = SimFlush;
+
+    fn begin_flush(&mut self) -> io::Result<SimFlush> {
+        self.op()?;
+        self.pending_flush = Some(self.mem.end());
+        Ok(SimFlush)
+    }
+
+    fn await_flush(&mut self) -> io::Result<()> {
+        if let Some(end) = self.pending_flush.take() {
+            self.op()?;
+            if self.mutation != Mutation::DropFlush {
+                self.mem.flush_to(end);
+            }
         }
         Ok(())
     }

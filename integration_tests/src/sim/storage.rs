@@ -197,6 +197,11 @@ impl MemStorage {
         self.durable_end = self.wal.end();
     }
 
+    /// A flush begun when the WAL ended at `end` completed: what it covered is durable.
+    pub fn flush_to(&mut self, end: Lsn) {
+        self.durable_end = self.durable_end.max(end.min(self.wal.end()));
+    }
+
     /// `TruncateWal`: flushes, then durably cuts the WAL at `end`. An `end` past the
     /// written end is what the real storage does with it: the segment is re-grown with
     /// zeros (a hole) up to `end`; that case is reported as `Err` after doing it.

@@ -80,6 +80,13 @@ pub enum Reply {
     AfterFlush,
 }
 
+/// What a flush begun with [`Acceptor::begin_flush`] will have made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushTicket {
+    /// The end of the complete records written when it began.
+    record_lsn: Lsn,
+}
+
 /// The result of one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
@@ -237,6 +244,50 @@ impl Acceptor {
     pub fn flush(&mut self) -> Output {
         let mut effects = Vec::new();
         self.flush_into(&mut effects);
+        let mut out = self.answer_flush();
+        effects.append(&mut out.effects);
+        out.effects = effects;
+        out
+    }
+
+    /// Bytes written and not yet covered by a flush (begun or done).
+    pub fn unflushed(&self) -> u64 {
+        self.wal
+            .write_lsn
+            .0
+            .saturating_sub(self.wal.flushed_write_lsn.0)
+    }
+
+    /// Starts a flush that runs while further AppendRequests are written (the caller
+    /// fdatasyncs everything written so far, off the ingest loop). Nothing counts as
+    /// flushed until [`Acceptor::complete_flush`] with the ticket. Between the two the
+    /// caller may only step AppendRequests of the current term: anything that may
+    /// truncate, report or persist positions must wait for the completion first.
+    pub fn begin_flush(&mut self) -> FlushTicket {
+        self.wal.flushed_write_lsn = self.wal.write_lsn;
+        FlushTicket {
+            record_lsn: self.wal.write_record_lsn,
+        }
+    }
+
+    /// The fdatasync started with `t` returned: the complete records it covered are
+    /// durable. Answers like [`Acceptor::flush`] (the AppendResponse reports the durable
+    /// end as it is now, which is at least the ticket's).
+    pub fn complete_flush(&mut self, t: FlushTicket) -> Output {
+        debug_assert!(
+            t.record_lsn <= self.wal.write_record_lsn,
+            "a flush ticket outlived a cut"
+        );
+        self.wal.flush_lsn = self
+            .wal
+            .flush_lsn
+            .max(t.record_lsn.min(self.wal.write_record_lsn));
+        self.answer_flush()
+    }
+
+    /// commit_lsn from the new flush_lsn, the persist that may need, the AppendResponse.
+    fn answer_flush(&mut self) -> Output {
+        let mut effects = Vec::new();
         let new_commit = self
             .state
             .commit_lsn

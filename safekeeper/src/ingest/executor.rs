@@ -2,16 +2,24 @@
 //!
 //! Group commit, as a contract with the caller: an AppendRequest in the current term is
 //! written at once and its connection is *owed* an answer; the caller keeps stepping
-//! while input is queued and calls [`Executor::flush_owed`] when the queue is empty, which
-//! costs one fdatasync however many requests and connections came before it and answers
-//! every owed connection. A write that completes a segment (durable already) answers at
-//! once instead, so commits waiting on it are released without waiting for the queue.
+//! while input is queued and, when the queue is empty, makes one flush answer every owed
+//! connection, however many requests came before it. Two ways:
+//! * [`Executor::flush_owed`]: the fdatasync right here (small flushes: a hand-off to
+//!   another thread would cost more than it overlaps);
+//! * [`Executor::start_flush`] → [`PendingFlush::run`] on another thread →
+//!   [`Executor::finish_flush`]: AppendRequests are stepped (written) while the disk
+//!   syncs, so writing and syncing overlap. Only AppendRequests may be stepped meanwhile:
+//!   any other input (which may truncate, report or persist positions) first waits for
+//!   the flush to finish, inside the executor, and its answers come first.
+//!
+//! A write that completes a segment (durable already) answers at once instead, so commits
+//! waiting on it are released without waiting for the queue.
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
 use utils::{Lsn, NodeId, TenantTimelineId};
 
 use super::error::{OpenError, TimelineError};
-use crate::acceptor::{Acceptor, Effect, Progress, Reply};
+use crate::acceptor::{Acceptor, Effect, FlushTicket, Progress, Reply};
 use crate::state::TimelineState;
 use crate::storage::{Storage, WriteOutcome, find_end_of_wal};
 
@@ -34,6 +42,8 @@ pub struct Executor<S> {
     storage: S,
     /// Connections owed an AppendResponse, in the order they became owed.
     owed: Vec<ConnId>,
+    /// A flush running elsewhere, and the connections it will answer.
+    in_flight: Option<(FlushTicket, Vec<ConnId>)>,
     /// Set after a storage error: the in-memory state may be ahead of the disk.
     broken: bool,
 }
@@ -72,6 +82,7 @@ impl<S: Storage> Executor<S> {
             acceptor: Acceptor::new(node_id, state, flush_lsn),
             storage,
             owed: Vec::new(),
+            in_flight: None,
             broken: false,
         }
     }
@@ -102,10 +113,20 @@ impl<S: Storage> Executor<S> {
         self.broken
     }
 
-    /// True if some connection is owed an AppendResponse (the caller must call
-    /// [`Executor::flush_owed`] once its queue is empty).
+    /// True if some connection is owed an AppendResponse (the caller must flush once its
+    /// queue is empty).
     pub fn owes(&self) -> bool {
         !self.owed.is_empty()
+    }
+
+    /// True while a flush begun with [`Executor::start_flush`] is not finished.
+    pub fn flush_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Bytes written and not yet covered by a flush.
+    pub fn unflushed(&self) -> u64 {
+        self.acceptor.unflushed()
     }
 
     fn ttid(&self) -> TenantTimelineId {
@@ -129,68 +150,116 @@ impl<S: Storage> Executor<S> {
         msg: ProposerMessage,
     ) -> Result<Vec<Sent>, TimelineError> {
         self.usable()?;
+        // Only appends may be stepped while a flush runs elsewhere.
+        let mut sent = if matches!(msg, ProposerMessage::AppendRequest(_)) {
+            Vec::new()
+        } else {
+            self.finish_flush()?
+        };
         let out = self.acceptor.process(msg)?;
         let segment_completed = self.perform(out.effects)?;
         match out.reply {
-            Reply::Now(msg) => Ok(vec![Sent { conn, msg }]),
-            Reply::None => Ok(Vec::new()),
+            Reply::Now(msg) => sent.push(Sent { conn, msg }),
+            Reply::None => {}
             Reply::AfterFlush => {
                 if !self.owed.contains(&conn) {
                     self.owed.push(conn);
                 }
                 if segment_completed {
-                    self.flush_owed()
-                } else {
-                    Ok(Vec::new())
+                    sent.extend(self.flush_owed()?);
                 }
             }
         }
+        Ok(sent)
     }
 
-    /// Group commit: one flush, and the same AppendResponse for every owed connection.
+    /// Group commit: one flush here, and the same AppendResponse for every owed
+    /// connection (after the answers of a flush in flight, which finishes first).
     pub fn flush_owed(&mut self) -> Result<Vec<Sent>, TimelineError> {
+        let mut sent = self.finish_flush()?;
         if self.owed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(sent);
         }
         self.usable()?;
         let out = self.acceptor.flush();
         self.perform(out.effects)?;
-        let Reply::Now(msg) = out.reply else {
-            unreachable!("the acceptor's flush always answers");
+        let owed = std::mem::take(&mut self.owed);
+        sent.extend(answers(out.reply, owed));
+        Ok(sent)
+    }
+
+    /// Group commit that overlaps the next writes: begins a flush of everything written
+    /// and returns it, to be run on another thread; the owed connections are answered by
+    /// [`Executor::finish_flush`] once it has run. `None` if nothing is owed or a flush is
+    /// already in flight.
+    pub fn start_flush(&mut self) -> Result<Option<S::Flush>, TimelineError> {
+        if self.owed.is_empty() || self.in_flight.is_some() {
+            return Ok(None);
+        }
+        self.usable()?;
+        let ticket = self.acceptor.begin_flush();
+        match self.storage.begin_flush() {
+            Ok(flush) => {
+                self.in_flight = Some((ticket, std::mem::take(&mut self.owed)));
+                Ok(Some(flush))
+            }
+            Err(source) => Err(self.storage_failed(source)),
+        }
+    }
+
+    /// Finishes the flush in flight (waiting for it if it has not run yet): what it
+    /// covered counts as durable, and the connections it was begun for are answered.
+    /// Nothing in flight: nothing to do.
+    pub fn finish_flush(&mut self) -> Result<Vec<Sent>, TimelineError> {
+        let Some((ticket, conns)) = self.in_flight.take() else {
+            return Ok(Vec::new());
         };
-        Ok(self
-            .owed
-            .drain(..)
-            .map(|conn| Sent {
-                conn,
-                msg: msg.clone(),
-            })
-            .collect())
+        self.usable()?;
+        if let Err(source) = self.storage.await_flush() {
+            return Err(self.storage_failed(source));
+        }
+        let out = self.acceptor.complete_flush(ticket);
+        self.perform(out.effects)?;
+        Ok(answers(out.reply, conns))
     }
 
     /// `conn` is gone: nothing is owed to it any more, and (as at every disconnect)
     /// written WAL is made durable and lazily kept state persisted.
-    pub fn disconnect(&mut self, conn: ConnId) -> Result<(), TimelineError> {
+    pub fn disconnect(&mut self, conn: ConnId) -> Result<Vec<Sent>, TimelineError> {
         self.owed.retain(|&c| c != conn);
-        self.checkpoint()
+        let sent = self.checkpoint()?;
+        Ok(sent.into_iter().filter(|s| s.conn != conn).collect())
     }
 
-    /// Takes a position reported by someone other than the proposer.
-    pub fn update(&mut self, p: Progress) -> Result<(), TimelineError> {
+    /// Takes a position reported by someone other than the proposer. Returns the answers
+    /// of a flush in flight, which finishes first.
+    pub fn update(&mut self, p: Progress) -> Result<Vec<Sent>, TimelineError> {
         self.usable()?;
+        let sent = self.finish_flush()?;
         let out = self.acceptor.update(p);
-        self.perform(out.effects).map(|_| ())
+        self.perform(out.effects)?;
+        Ok(sent)
     }
 
     /// Makes written WAL durable and persists lazily kept state that moved. A broken
-    /// executor does nothing (its state may be ahead of the disk).
-    pub fn checkpoint(&mut self) -> Result<(), TimelineError> {
+    /// executor does nothing (its state may be ahead of the disk). Returns the answers of
+    /// a flush in flight, which finishes first.
+    pub fn checkpoint(&mut self) -> Result<Vec<Sent>, TimelineError> {
         if self.broken {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let sent = self.finish_flush()?;
         let mut effects = vec![Effect::FlushWal];
         effects.extend(self.acceptor.checkpoint());
-        self.perform(effects).map(|_| ())
+        self.perform(effects)?;
+        Ok(sent)
+    }
+
+    fn storage_failed(&mut self, source: std::io::Error) -> TimelineError {
+        self.broken = true;
+        let ttid = self.ttid();
+        tracing::error!(%ttid, "storage error, the timeline will be reloaded: {source}");
+        TimelineError::Storage { ttid, source }
     }
 
     /// Performs effects in order; true if a write completed a segment.
@@ -215,12 +284,23 @@ impl<S: Storage> Executor<S> {
                 }
             };
             if let Err(source) = res {
-                self.broken = true;
-                let ttid = self.ttid();
-                tracing::error!(%ttid, "storage error, the timeline will be reloaded: {source}");
-                return Err(TimelineError::Storage { ttid, source });
+                return Err(self.storage_failed(source));
             }
         }
         Ok(segment_completed)
     }
+}
+
+/// The same answer for every connection in `conns`.
+fn answers(reply: Reply, conns: Vec<ConnId>) -> Vec<Sent> {
+    let Reply::Now(msg) = reply else {
+        unreachable!("a flush always answers");
+    };
+    conns
+        .into_iter()
+        .map(|conn| Sent {
+            conn,
+            msg: msg.clone(),
+        })
+        .collect()
 }

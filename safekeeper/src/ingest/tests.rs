@@ -29,6 +29,15 @@ struct Disk {
     control: Option<TimelineState>,
     flushes: usize,
     fail_next_write: bool,
+    /// The end a begun flush will make durable when awaited.
+    pending: Option<usize>,
+}
+
+/// The in-memory flush: durability is applied when it is awaited.
+struct MemFlush;
+
+impl crate::storage::PendingFlush for MemFlush {
+    fn run(self) {}
 }
 
 impl Storage for Disk {
@@ -68,6 +77,18 @@ impl Storage for Disk {
             self.flushes += 1;
         }
         self.durable = self.wal.len();
+        Ok(())
+    }
+    type Flush = MemFlush;
+    fn begin_flush(&mut self) -> io::Result<MemFlush> {
+        self.pending = Some(self.wal.len());
+        Ok(MemFlush)
+    }
+    fn await_flush(&mut self) -> io::Result<()> {
+        if let Some(end) = self.pending.take() {
+            self.flushes += 1;
+            self.durable = self.durable.max(end);
+        }
         Ok(())
     }
     fn truncate_wal(&mut self, end: Lsn) -> io::Result<()> {
@@ -289,4 +310,41 @@ fn disconnect_flushes_and_forgets_the_connection() {
     e.disconnect(7).unwrap();
     assert!(!e.owes());
     assert_eq!(e.storage().durable, e.storage().wal.len());
+}
+
+#[test]
+fn writes_go_on_while_a_flush_is_in_flight_and_other_input_waits_for_it() {
+    let mut e = elected();
+    let (data, ends) = wal(START, 6, 100);
+    let two = (ends[1].0 - START.0) as usize;
+    let four = (ends[3].0 - START.0) as usize;
+    push(&mut e, 1, START, data.slice(..two));
+    let flush = e.start_flush().unwrap().expect("owed, so a flush begins");
+    assert!(e.flush_in_flight());
+    assert!(e.start_flush().unwrap().is_none(), "one at a time");
+    // An append is written meanwhile; nothing is answered yet.
+    assert!(push(&mut e, 2, ends[1], data.slice(two..four)).is_empty());
+    assert_eq!(e.storage().durable, 0, "not durable before the flush ran");
+    crate::storage::PendingFlush::run(flush);
+    let sent = e.finish_flush().unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].conn, flush_lsn_of(&sent[0])), (1, ends[1]));
+    assert_eq!(e.storage().durable as u64, ends[1].0, "what it covered");
+    assert!(e.owes(), "connection 2 is owed by the next flush");
+    // A vote while a flush is in flight: the flush finishes first, its answer first.
+    push(&mut e, 2, ends[3], data.slice(four..));
+    e.start_flush().unwrap().expect("a second flush");
+    let sent = e
+        .propose(
+            3,
+            ProposerMessage::VoteRequest(VoteRequest {
+                generation: Generation(0),
+                term: Term(2),
+            }),
+        )
+        .unwrap();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!((sent[0].conn, flush_lsn_of(&sent[0])), (2, ends[5]));
+    assert!(matches!(sent[1].msg, AcceptorMessage::VoteResponse(_)));
+    assert!(!e.flush_in_flight());
 }

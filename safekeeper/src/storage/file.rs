@@ -9,12 +9,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use utils::{Lsn, SegNo, TenantTimelineId};
 
-use super::{Storage, StorageHook, StorageOp};
+use super::{PendingFlush, Storage, StorageHook, StorageOp};
 use crate::control_file::{self, ControlFileError};
 use crate::durability::SyncMode;
 use crate::state::TimelineState;
@@ -29,6 +29,56 @@ pub struct FileStorage {
     hook: Option<Arc<dyn StorageHook>>,
     /// The segment the end-of-WAL scan reads.
     scan: Option<(SegNo, File)>,
+    /// The flush begun and not yet awaited.
+    pending: Option<Arc<FlushSlot>>,
+}
+
+/// Where a flush running on another thread leaves its outcome.
+#[derive(Default)]
+struct FlushSlot {
+    done: Mutex<Option<io::Result<()>>>,
+    cv: Condvar,
+}
+
+impl FlushSlot {
+    fn finish(&self, r: io::Result<()>) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = done.take() {
+                return r;
+            }
+            done = self.cv.wait(done).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The fdatasync of a flush begun by [`FileStorage`], run on another thread.
+pub struct FileFlush {
+    file: Option<(Arc<File>, PathBuf)>,
+    sync: SyncMode,
+    hook: Option<(Arc<dyn StorageHook>, TenantTimelineId)>,
+    slot: Arc<FlushSlot>,
+}
+
+impl PendingFlush for FileFlush {
+    fn run(self) {
+        let r = match &self.hook {
+            Some((h, ttid)) => h.before(ttid, StorageOp::FlushWal),
+            None => Ok(()),
+        };
+        if r.is_ok()
+            && let Some((file, path)) = &self.file
+        {
+            // A failure ends the process (see `durability`): nothing to report.
+            self.sync.fdatasync(file, path);
+        }
+        self.slot.finish(r);
+    }
 }
 
 impl std::fmt::Debug for FileStorage {
@@ -58,6 +108,7 @@ impl FileStorage {
             wal: WalStorage::open(dir, seg_size, Lsn::INVALID, env),
             hook,
             scan: None,
+            pending: None,
         }
     }
 
@@ -125,6 +176,28 @@ impl Storage for FileStorage {
     fn flush_wal(&mut self) -> io::Result<()> {
         self.before(StorageOp::FlushWal)?;
         self.wal.flush()
+    }
+
+    type Flush = FileFlush;
+
+    fn begin_flush(&mut self) -> io::Result<FileFlush> {
+        debug_assert!(self.pending.is_none(), "one flush at a time");
+        let file = self.wal.begin_flush()?;
+        let slot = Arc::new(FlushSlot::default());
+        self.pending = Some(slot.clone());
+        Ok(FileFlush {
+            file,
+            sync: self.sync,
+            hook: self.hook.clone().map(|h| (h, self.ttid)),
+            slot,
+        })
+    }
+
+    fn await_flush(&mut self) -> io::Result<()> {
+        match self.pending.take() {
+            Some(slot) => slot.wait(),
+            None => Ok(()),
+        }
     }
 
     fn truncate_wal(&mut self, end: Lsn) -> io::Result<()> {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use utils::Lsn;
 use utils::xlog::{DecoderConfig, RecordEnds};
 
-pub use file::FileStorage;
+pub use file::{FileFlush, FileStorage};
 pub use hook::{StorageHook, StorageOp};
 
 use crate::control_file::ControlFileError;
@@ -48,6 +48,19 @@ pub trait Storage {
     /// Makes everything written durable.
     fn flush_wal(&mut self) -> io::Result<()>;
 
+    /// A flush that runs while writes go on: writes out what is batched and returns a
+    /// flush of everything written so far, to [`PendingFlush::run`] on another thread. At
+    /// most one is pending; nothing it covers counts as durable until
+    /// [`Storage::await_flush`] returned.
+    type Flush: PendingFlush;
+
+    /// Begins a flush (see [`Storage::Flush`]).
+    fn begin_flush(&mut self) -> io::Result<Self::Flush>;
+
+    /// Returns once the begun flush has run (at once if it has, or if none was begun),
+    /// with its error if it failed. Afterwards what it covered is durable.
+    fn await_flush(&mut self) -> io::Result<()>;
+
     /// Durably cuts the WAL at `end` and continues writing there: nothing at or above
     /// `end` may be found again, even after a crash midway. `Lsn(0)` removes all WAL.
     fn truncate_wal(&mut self, end: Lsn) -> io::Result<()>;
@@ -56,6 +69,13 @@ pub trait Storage {
     /// boundary: the number of bytes read, 0 where there is no more WAL (a missing or
     /// short segment).
     fn read_wal(&mut self, lsn: Lsn, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// A flush begun by [`Storage::begin_flush`], run off the ingest loop.
+pub trait PendingFlush: Send + 'static {
+    /// Does the flush (blocks: an fdatasync); its outcome is reported by
+    /// [`Storage::await_flush`].
+    fn run(self);
 }
 
 /// Finds the end of valid WAL by decoding forward from `start` (a record boundary at or

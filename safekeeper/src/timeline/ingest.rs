@@ -22,9 +22,20 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::{Core, Timeline};
 use crate::acceptor::Progress;
 use crate::ingest::{ConnId, Sent, TimelineError};
+use crate::storage::{FileFlush, PendingFlush};
 
 /// How long the loop runs while other pool jobs wait before it requeues itself.
 pub const YIELD_AFTER: Duration = Duration::from_millis(5);
+
+/// Unflushed bytes from which a group commit runs its fdatasync on another thread, so
+/// that writing goes on meanwhile. Below it the fdatasync runs right here: a small one is
+/// over before a hand-off to another thread would pay for itself (this keeps the latency
+/// of one small commit at one hand-off).
+pub const ASYNC_FLUSH_MIN: u64 = 256 << 10;
+
+/// Unflushed bytes at which a flush begins even though input is still queued (a
+/// pipelining proposer's stream never leaves the inbox empty for long).
+pub const EAGER_FLUSH: u64 = 4 << 20;
 
 /// Where the ingest loop sends a connection's replies. Called from pool threads.
 pub trait ReplyTo: Send + Sync + 'static {
@@ -65,6 +76,8 @@ pub enum Input {
     Progress(Progress),
     /// Persist lazily kept state that moved (the periodic checkpoint).
     Checkpoint,
+    /// The flush begun by the loop has run: its connections can be answered.
+    FlushDone,
 }
 
 impl Timeline {
@@ -103,8 +116,34 @@ impl Timeline {
         }
     }
 
-    /// The loop; see the module documentation.
+    /// The loop; see the module documentation. Each pass runs until the inbox is empty
+    /// with nothing owed (done), or until it hands a flush to run here, with no lock held,
+    /// while another pass of the loop steps what arrives meanwhile.
     fn run_ingest(self: &Arc<Self>) {
+        loop {
+            let Some(flush) = self.ingest_pass() else {
+                return;
+            };
+            // The fdatasync, outside every lock: inputs arriving now are stepped (written)
+            // by another pass on another pool thread, overlapping with it.
+            let t = Instant::now();
+            flush.run();
+            self.ctx
+                .metrics
+                .ingest_flush_seconds
+                .observe(t.elapsed().as_secs_f64());
+            let mut inbox = self.lock_inbox();
+            inbox.queue.push_back(Input::FlushDone);
+            if inbox.running {
+                return; // the pass running now finishes it
+            }
+            inbox.running = true;
+        }
+    }
+
+    /// One pass of the loop (see [`Timeline::run_ingest`]): `Some` with a flush to run,
+    /// the loop marked not running (anyone may start it again meanwhile).
+    fn ingest_pass(self: &Arc<Self>) -> Option<FileFlush> {
         let started = Instant::now();
         let mut core = self.lock_core();
         let mut batch = std::collections::VecDeque::new();
@@ -112,11 +151,38 @@ impl Timeline {
             {
                 let mut inbox = self.lock_inbox();
                 if inbox.queue.is_empty() {
-                    if !core.exec.owes() {
+                    if core.exec.flush_in_flight() || !core.exec.owes() {
+                        // Idle, or waiting for the disk: the flush's completion comes back
+                        // as an input and starts the loop again.
                         inbox.running = false;
                         drop(inbox);
-                        core.exec.storage_mut().release_if_over_budget();
-                        return;
+                        if !core.exec.flush_in_flight() {
+                            core.exec.storage_mut().release_if_over_budget();
+                        }
+                        return None;
+                    }
+                    if core.exec.unflushed() >= ASYNC_FLUSH_MIN {
+                        // Group commit overlapping the next writes. (Not under the inbox
+                        // lock: beginning writes out the batch.)
+                        drop(inbox);
+                        match self.start_flush(&mut core) {
+                            Ok(Some(flush)) => {
+                                let mut inbox = self.lock_inbox();
+                                if inbox.queue.is_empty() {
+                                    inbox.running = false;
+                                } else {
+                                    // Input came meanwhile: another pass steps it while
+                                    // this thread syncs.
+                                    drop(inbox);
+                                    drop(core);
+                                    self.schedule();
+                                }
+                                return Some(flush);
+                            }
+                            Ok(None) => {}
+                            Err(e) => self.deliver(&mut core, Err(e), None),
+                        }
+                        continue;
                     }
                 } else {
                     std::mem::swap(&mut inbox.queue, &mut batch);
@@ -124,22 +190,69 @@ impl Timeline {
             }
             if batch.is_empty() {
                 // Group commit: the inbox is empty and someone is owed an answer.
-                let r = core.exec.flush_owed();
+                let r = self.group_commit(&mut core);
                 self.deliver(&mut core, r, None);
                 continue;
             }
-            for input in batch.drain(..) {
+            while let Some(input) = batch.pop_front() {
                 self.step(&mut core, input);
+                if core.exec.unflushed() >= EAGER_FLUSH && !core.exec.flush_in_flight() {
+                    // A proposer that pipelines keeps the inbox from ever emptying: do
+                    // not wait for it. Flush what is written now while the rest of the
+                    // batch (and what follows) is written on another thread, so its
+                    // commits flow instead of waiting for its window to fill.
+                    match self.start_flush(&mut core) {
+                        Ok(Some(flush)) => {
+                            // The rest of the batch goes back in front of the inbox.
+                            let mut inbox = self.lock_inbox();
+                            while let Some(input) = batch.pop_back() {
+                                inbox.queue.push_front(input);
+                            }
+                            drop(inbox);
+                            drop(core);
+                            // Still marked running: the next pass takes over the inbox.
+                            self.schedule();
+                            return Some(flush);
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.deliver(&mut core, Err(e), None),
+                    }
+                }
             }
             if started.elapsed() >= YIELD_AFTER && self.ctx.wal_pool.queued() > 0 {
-                let r = core.exec.flush_owed();
+                let r = self.group_commit(&mut core);
                 self.deliver(&mut core, r, None);
                 drop(core);
                 // Still marked running: the requeued loop takes over.
                 self.schedule();
-                return;
+                return None;
             }
         }
+    }
+
+    /// Begins a flush that overlaps the next writes, counted in the metrics.
+    fn start_flush(&self, core: &mut Core) -> Result<Option<FileFlush>, TimelineError> {
+        let bytes = core.exec.unflushed();
+        let flush = core.exec.start_flush()?;
+        if flush.is_some() {
+            self.ctx.metrics.ingest_flushes.inc();
+            self.ctx.metrics.ingest_flush_bytes.observe(bytes as f64);
+        }
+        Ok(flush)
+    }
+
+    /// One flush here answering every owed connection, measured.
+    fn group_commit(&self, core: &mut Core) -> Result<Vec<Sent>, TimelineError> {
+        if !core.exec.owes() {
+            return Ok(Vec::new());
+        }
+        let (bytes, t) = (core.exec.unflushed(), Instant::now());
+        let r = core.exec.flush_owed();
+        let m = &self.ctx.metrics;
+        m.ingest_flushes.inc();
+        m.ingest_flush_seconds.observe(t.elapsed().as_secs_f64());
+        m.ingest_flush_bytes.observe(bytes as f64);
+        r
     }
 
     fn step(&self, core: &mut Core, input: Input) {
@@ -151,6 +264,14 @@ impl Timeline {
                 if !core.reply_to.contains_key(&conn) {
                     return; // refused earlier; the rest of its input is dropped
                 }
+                if core.exec.flush_in_flight() && !matches!(msg, ProposerMessage::AppendRequest(_))
+                {
+                    // Only appends are stepped while a flush runs: finish it first, and
+                    // send its answers before this message can change what they claim
+                    // (a ProposerElected may cut the WAL they report).
+                    let r = core.exec.finish_flush();
+                    self.deliver(core, r, None);
+                }
                 // A ProposerElected may cut or replace WAL: term-mode readers must not
                 // read while it does, nor before its status (the new end) is published.
                 let elected = matches!(msg, ProposerMessage::Elected(_));
@@ -161,21 +282,28 @@ impl Timeline {
             }
             Input::Disconnect { conn, done } => {
                 core.reply_to.remove(&conn);
-                if let Err(e) = core.exec.disconnect(conn) {
-                    tracing::error!(ttid = %self.ttid, "checkpoint at disconnect failed: {e}");
-                    self.fail_all(core);
+                match core.exec.disconnect(conn) {
+                    Ok(sent) => self.deliver(core, Ok(sent), None),
+                    Err(e) => {
+                        tracing::error!(ttid = %self.ttid, "checkpoint at disconnect failed: {e}");
+                        self.fail_all(core);
+                        self.publish(core);
+                    }
                 }
-                self.publish(core);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
             }
             Input::Progress(p) => {
-                let r = core.exec.update(p).map(|()| Vec::new());
+                let r = core.exec.update(p);
                 self.deliver(core, r, None);
             }
             Input::Checkpoint => {
-                let r = core.exec.checkpoint().map(|()| Vec::new());
+                let r = core.exec.checkpoint();
+                self.deliver(core, r, None);
+            }
+            Input::FlushDone => {
+                let r = core.exec.finish_flush();
                 self.deliver(core, r, None);
             }
         }

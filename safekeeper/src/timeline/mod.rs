@@ -220,7 +220,7 @@ impl Timeline {
             .run(move || tl.lock_core().exec.checkpoint())
             .await;
         match r {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(ttid = %self.ttid, "final checkpoint failed: {e}"),
             Err(e) => tracing::error!(ttid = %self.ttid, "final checkpoint not run: {e}"),
         }

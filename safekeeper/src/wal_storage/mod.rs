@@ -26,6 +26,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use utils::xlog;
@@ -66,7 +67,8 @@ struct Batch {
 #[derive(Debug)]
 struct OpenSegment {
     segno: SegNo,
-    file: File,
+    /// Shared with a flush running on another thread.
+    file: Arc<File>,
     path: PathBuf,
     /// Written since the last fdatasync.
     dirty: bool,
@@ -288,6 +290,25 @@ impl WalStorage {
         Ok(())
     }
 
+    /// Writes out what is batched and hands over what a flush running elsewhere must
+    /// fdatasync to make everything written so far durable: the segment being written, if
+    /// it has unsynced bytes (`None`: nothing to do). The segment counts as synced from
+    /// here on; the caller must not report anything durable before that fdatasync returned
+    /// (and must let it return before any other flush or a truncation).
+    pub fn begin_flush(&mut self) -> io::Result<Option<(Arc<File>, PathBuf)>> {
+        self.write_batch()?;
+        if let Some(segno) = self.unsynced {
+            self.segment_for_write(segno)?;
+        }
+        Ok(match self.current.as_mut() {
+            Some(seg) if seg.dirty => {
+                seg.dirty = false;
+                Some((seg.file.clone(), seg.path.clone()))
+            }
+            _ => None,
+        })
+    }
+
     /// Durably cuts the WAL at `end`. Safe to crash in the middle of: the bytes at `end`
     /// are zeroed and synced first, so the end-of-WAL scan stops there whatever else
     /// survived; then every later segment is removed.
@@ -416,7 +437,7 @@ impl WalStorage {
                 }
                 return Ok(OpenSegment {
                     segno,
-                    file,
+                    file: Arc::new(file),
                     path,
                     dirty: false,
                     _slot: self.budget.as_ref().map(OpenSegments::take),

@@ -49,6 +49,15 @@ impl World {
         if let Some(c) = self.net.get_mut(id) {
             c.greeted = true;
         }
+        if self.acceptors[sk].flush_in_flight() && !matches!(msg, ProposerMessage::AppendRequest(_))
+        {
+            // As the server: a flush in flight finishes, and its answers go out, before
+            // anything but an append is stepped.
+            self.flush_done(sk)?;
+            if !self.acceptors[sk].is_up() {
+                return Ok(()); // it crashed finishing
+            }
+        }
         let crash_at = self.draw_crash();
         let out = self.acceptors[sk].propose(id, msg, crash_at);
         self.handle(sk, id, out)
@@ -103,13 +112,31 @@ impl World {
         Ok(())
     }
 
-    /// Group commit on `sk`: its inbox is empty, one flush answers every owed connection.
+    /// Group commit on `sk`: its inbox is empty, one flush answers every owed connection,
+    /// either right here or (as the server does for large flushes) begun now and finished
+    /// by a later event, appends being written meanwhile.
     pub(super) fn flush(&mut self, sk: usize) -> Step {
-        if !self.acceptors[sk].owes() {
+        if !self.acceptors[sk].owes() || self.acceptors[sk].flush_in_flight() {
             return Ok(());
         }
         let crash_at = self.draw_crash();
-        let out = self.acceptors[sk].flush(crash_at);
+        let out = if self.rng.chance(0.5) {
+            self.log(|| format!("sk{sk} begins a flush"));
+            self.acceptors[sk].start_flush(crash_at)
+        } else {
+            self.acceptors[sk].flush(crash_at)
+        };
+        self.handle(sk, 0, out)
+    }
+
+    /// The flush in flight on `sk` has run: its connections are answered.
+    pub(super) fn flush_done(&mut self, sk: usize) -> Step {
+        if !self.acceptors[sk].flush_in_flight() {
+            return Ok(());
+        }
+        self.log(|| format!("sk{sk}'s flush completes"));
+        let crash_at = self.draw_crash();
+        let out = self.acceptors[sk].finish_flush(crash_at);
         self.handle(sk, 0, out)
     }
 

@@ -32,6 +32,7 @@ enum Event {
     ToAcceptor(ConnId),
     ToProposer(ConnId),
     Flush(usize),
+    FlushDone(usize),
     Tick(usize),
     Source(usize),
     FetchDone(usize),
@@ -213,7 +214,9 @@ impl World {
 
     fn anything_due(&self) -> bool {
         let now = self.now;
-        self.acceptors.iter().any(AcceptorNode::owes)
+        self.acceptors
+            .iter()
+            .any(|a| a.owes() || a.flush_in_flight())
             || self.net.conns().any(|c| {
                 c.to_acceptor.front().is_some_and(|p| p.at <= now)
                     || c.to_proposer.front().is_some_and(|p| p.at <= now)
@@ -311,7 +314,10 @@ impl World {
             }
         }
         for (i, a) in self.acceptors.iter().enumerate() {
-            if a.owes() {
+            if a.flush_in_flight() {
+                add(Event::FlushDone(i), 5.0);
+            }
+            if a.owes() && !a.flush_in_flight() {
                 // Group commit: flush once the inbox is empty; now and then earlier.
                 let inbox_due = self.net.conns().any(|c| {
                     c.sk == i
@@ -343,6 +349,7 @@ impl World {
             Event::ToAcceptor(id) => self.deliver_to_acceptor(id),
             Event::ToProposer(id) => self.deliver_to_proposer(id),
             Event::Flush(sk) => self.flush(sk),
+            Event::FlushDone(sk) => self.flush_done(sk),
             Event::Tick(p) => self.feed(p, Input::Tick),
             Event::Source(p) => self.source_append(p),
             Event::FetchDone(p) => self.fetch_done(p),

@@ -290,3 +290,31 @@ fn xlog_switch_counts_only_once_its_padding_is_written() {
     a.flush();
     assert_eq!(a.flush_lsn(), sw.end_lsn);
 }
+
+#[test]
+fn a_flush_begun_counts_only_what_was_written_before_it_and_only_once_complete() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 4, 100);
+    let two = (ends[1].0 - START.0) as usize;
+    append(&mut a, 1, START, data.slice(..two), ends[1]).unwrap();
+    assert_eq!(a.unflushed(), two as u64);
+    let ticket = a.begin_flush();
+    assert_eq!(a.unflushed(), 0);
+    // Written while the fdatasync runs: not covered by it.
+    append(&mut a, 1, ends[1], data.slice(two..), ends[1]).unwrap();
+    assert_eq!(a.flush_lsn(), START, "nothing counts before the completion");
+    let out = a.complete_flush(ticket);
+    assert_eq!(a.flush_lsn(), ends[1]);
+    let Reply::Now(AcceptorMessage::AppendResponse(r)) = out.reply else {
+        panic!("answered");
+    };
+    assert_eq!((r.flush_lsn, r.commit_lsn), (ends[1], ends[1]));
+    assert!(
+        !out.effects.contains(&Effect::FlushWal),
+        "the caller did the fdatasync"
+    );
+    // The rest is flushed the ordinary way.
+    let out = a.flush();
+    assert_eq!(out.effects[0], Effect::FlushWal);
+    assert_eq!(a.flush_lsn(), ends[3]);
+}
