@@ -1,6 +1,7 @@
 //! The physical baselines, measured in-process on the same filesystem as the
-//! safekeepers' data: sequential write + fdatasync bandwidth, fdatasync latency, and a
-//! loopback TCP round trip.
+//! safekeepers' data: sequential write + fdatasync bandwidth, fdatasync latency (alone,
+//! and the second of three concurrent ones: the floor of a quorum of three sharing one
+//! disk), a loopback TCP round trip, and the CPU time the host took from this VM (steal).
 //!
 //! Owns: nothing but scratch files it removes. Must never: measure on another filesystem
 //! than the one it is given.
@@ -64,6 +65,75 @@ pub fn fdatasync_latencies(dir: &Path, n: usize, size: usize) -> anyhow::Result<
     std::fs::remove_file(&path)?;
     out.sort_unstable();
     Ok(out)
+}
+
+/// Latencies of `n` rounds in which three threads each append `size` bytes to a file of
+/// their own and fdatasync it, all starting together: the time until the second of the
+/// three is done. Three safekeepers on one disk commit at best that fast (two of three
+/// must have synced), so this is their floor, as [`fdatasync_latencies`] is one's.
+pub fn second_of_three_fdatasyncs(
+    dir: &Path,
+    n: usize,
+    size: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    use std::sync::{Arc, Barrier};
+    let start = Arc::new(Barrier::new(4));
+    let done = Arc::new(Barrier::new(4));
+    let mut workers = Vec::new();
+    let mut ends = Vec::new();
+    for w in 0..3 {
+        let path = dir.join(format!("baseline-fdatasync-{w}"));
+        let _ = std::fs::remove_file(&path);
+        let f = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let len = (n * size).max(1 << 20);
+        f.write_all_at(&vec![0u8; len], 0)?;
+        f.sync_all()?;
+        let (start, done) = (start.clone(), done.clone());
+        let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+        ends.push(rx);
+        workers.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let buf = vec![b'c'; size];
+            for i in 0..n {
+                start.wait();
+                f.write_all_at(&buf, (i * size) as u64)?;
+                f.sync_data()?;
+                let _ = tx.send(Instant::now());
+                done.wait();
+            }
+            drop(f);
+            std::fs::remove_file(path)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        start.wait();
+        let t = Instant::now();
+        done.wait();
+        let mut finished: Vec<Instant> = ends.iter().filter_map(|r| r.recv().ok()).collect();
+        finished.sort();
+        out.push(finished.get(1).map_or(Duration::ZERO, |&e| e - t));
+    }
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("fdatasync worker panicked"))??;
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// CPU time the hypervisor took from this VM so far (the `steal` column of
+/// `/proc/stat`, over all CPUs): while it grows, every thread here stands still, whatever
+/// it was doing. `None` where the kernel does not report it.
+pub fn steal_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = cpu.split_whitespace().nth(8)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Round trips of a `size`-byte ping and pong over loopback TCP (nodelay), `n` times.
@@ -142,6 +212,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         assert!(seq_write_fdatasync(&dir, 1 << 20, 64 << 10).unwrap() > 0.0);
         assert_eq!(fdatasync_latencies(&dir, 5, 128).unwrap().len(), 5);
+        assert_eq!(second_of_three_fdatasyncs(&dir, 5, 128).unwrap().len(), 5);
         assert_eq!(loopback_rtts(5, 64).unwrap().len(), 5);
         std::fs::remove_dir_all(&dir).unwrap();
     }
