@@ -176,6 +176,18 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// The median of the repetitions' ratios `ours[i] / base[i]`: each repetition measured
+/// both back to back, so on a shared machine this compares neighbours in time.
+pub fn median_ratio(ours: &[f64], base: &[f64]) -> f64 {
+    median(
+        &ours
+            .iter()
+            .zip(base)
+            .map(|(o, b)| o / b)
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The median of values (mean of the middle two for an even count).
 pub fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -200,6 +212,7 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
+        assert_eq!(median_ratio(&[2.0, 9.0, 3.0], &[1.0, 3.0, 1.0]), 3.0);
         let d: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 50.0), Duration::from_millis(51));
         assert_eq!(percentile(&d, 100.0), Duration::from_millis(100));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::baseline::{self, median, percentile};
+use crate::baseline::{self, median, median_ratio, percentile};
 use crate::procs::{Safekeeper, describe, rss_kib, run, sk_list, workspace_bin};
 use crate::report::{IngestPoint, LatencySeries, mb_s, ms, target_ge, target_le};
 use crate::{Ctx, fresh_dir, new_ids};
@@ -167,7 +167,7 @@ pub fn ingest(ctx: &mut Ctx) -> anyhow::Result<()> {
             "dd if=/dev/zero of=<datadir fs>/f bs={kib}k count={} conv=fdatasync",
             total / chunk as u64
         );
-        let r1 = pt.one / pt.disk;
+        let r1 = median_ratio(&one, &disk);
         ctx.report.row(
             "1. Ingest (fsync on)",
             format!("{kib} KiB appends → 1 safekeeper"),
@@ -177,7 +177,8 @@ pub fn ingest(ctx: &mut Ctx) -> anyhow::Result<()> {
             target_ge(r1, 0.9),
             format!("{}  vs  {dd}", shown(1, &args)),
         );
-        let r3 = pt.three / (pt.disk / 3.0);
+        let thirds: Vec<f64> = disk.iter().map(|d| d / 3.0).collect();
+        let r3 = median_ratio(&three, &thirds);
         ctx.report.row(
             "1. Ingest (fsync on)",
             format!("{kib} KiB appends → 3 safekeepers, one disk"),

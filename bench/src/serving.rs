@@ -19,7 +19,7 @@ use pq_proto::backend::BeMessage;
 use pq_proto::replication::ReplicationServerMessage;
 use utils::Lsn;
 
-use crate::baseline::median;
+use crate::baseline::{median, median_ratio};
 use crate::procs::{PgCluster, Proc, Safekeeper, pg_bin, rss_kib, run, workspace_bin};
 use crate::report::{mb_s, mib, target_ge};
 use crate::{Ctx, fresh_dir, new_ids};
@@ -205,24 +205,24 @@ pub fn serving(ctx: &mut Ctx) -> anyhow::Result<()> {
         );
     }
     let sec = "3. Serving stored WAL (same WAL, same client)";
-    let (s, b) = (median(&rs), median(&rp));
+    let (s, b, r) = (median(&rs), median(&rp), median_ratio(&rs, &rp));
     ctx.report.row(
         sec,
         format!("pg_receivewal catch-up of {} MiB", bytes >> 20),
         mb_s(s),
         format!("{} (PostgreSQL walsender)", mb_s(b)),
-        Some(s / b),
-        target_ge(s / b, 1.0),
+        Some(r),
+        target_ge(r, 1.0),
         format!("pg_receivewal -d \"host=<sk> port=<port>\" -D <empty dir + dummy segment> --endpos={end} --no-loop"),
     );
-    let (s, b) = (median(&os), median(&op));
+    let (s, b, r) = (median(&os), median(&op), median_ratio(&os, &op));
     ctx.report.row(
         sec,
         format!("raw XLogData, our reader, {} MiB", bytes >> 20),
         mb_s(s),
         format!("{} (PostgreSQL walsender)", mb_s(b)),
-        Some(s / b),
-        target_ge(s / b, 1.0),
+        Some(r),
+        target_ge(r, 1.0),
         format!("sk-bench reader: START_REPLICATION {start} TIMELINE 1, read to {end}"),
     );
 
