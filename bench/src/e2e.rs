@@ -248,7 +248,9 @@ pub fn e2e(ctx: &mut Ctx) -> anyhow::Result<()> {
         tps(v),
         Some(ratio(&bridge1, &vanilla)),
         "",
-        format!("{cmd}'walproposer' (walproposer bridge --primary … --safekeepers sk1) vs 'standby1'"),
+        format!(
+            "{cmd}'walproposer' (walproposer bridge --primary … --safekeepers sk1) vs 'standby1'"
+        ),
     );
     ctx.report.row(
         sec,

@@ -213,6 +213,15 @@ async fn a_broken_timeline_is_reloaded_once_however_many_ask() -> anyhow::Result
         1,
         "one reload for twenty callers"
     );
+    let (code, text) = http_get(sk.http_addr, "/metrics").await?;
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(&format!(
+            "safekeeper_timeline_loads_total{{reason=\"reload\"}} {}",
+            before + 1
+        )),
+        "{text}"
+    );
     // And it takes a proposer again.
     let (mut p2, v) = TestProposer::elected(
         &sk.pg_addr,

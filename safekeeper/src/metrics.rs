@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Why a timeline was read from disk.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum LoadReason {
     /// At server start.
     Start,
@@ -23,6 +23,17 @@ pub enum LoadReason {
     Reload,
     /// Created (by a proposer's greeting).
     Create,
+}
+
+impl EncodeLabelValue for LoadReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            LoadReason::Start => "start",
+            LoadReason::Reload => "reload",
+            LoadReason::Create => "create",
+        })
+    }
 }
 
 /// Labels of [`Metrics::timeline_loads`].
