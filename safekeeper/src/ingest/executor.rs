@@ -257,6 +257,10 @@ impl<S: Storage> Executor<S> {
 
     fn storage_failed(&mut self, source: std::io::Error) -> TimelineError {
         self.broken = true;
+        // Nothing will be answered any more: a caller waiting for "nothing owed" must not
+        // wait for ever (nor spin).
+        self.owed.clear();
+        self.in_flight = None;
         let ttid = self.ttid();
         tracing::error!(%ttid, "storage error, the timeline will be reloaded: {source}");
         TimelineError::Storage { ttid, source }

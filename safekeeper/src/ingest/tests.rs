@@ -251,13 +251,19 @@ fn a_completed_segment_is_answered_at_once() {
 fn a_storage_error_breaks_the_executor_until_it_is_reopened() {
     let mut e = elected();
     let (data, _) = wal(START, 2, 100);
+    // Someone is owed an answer when the storage fails: nobody stays owed.
+    push(&mut e, 3, START, data.slice(..10));
+    assert!(e.owes());
+    let data = data.slice(10..);
+    let at = Lsn(START.0 + 10);
     e.storage_mut().fail_next_write = true;
     let err = e
-        .propose(1, append(START, data.clone(), Lsn::INVALID))
+        .propose(1, append(at, data.clone(), Lsn::INVALID))
         .unwrap_err();
     assert!(matches!(err, TimelineError::Storage { .. }), "{err}");
     assert!(e.is_broken());
-    let err = e.propose(1, append(START, data, Lsn::INVALID)).unwrap_err();
+    assert!(!e.owes(), "a broken executor owes nothing");
+    let err = e.propose(1, append(at, data, Lsn::INVALID)).unwrap_err();
     assert!(matches!(err, TimelineError::Broken(_)), "{err}");
     // A checkpoint of a broken executor touches nothing.
     e.checkpoint().unwrap();

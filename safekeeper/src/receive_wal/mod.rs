@@ -139,7 +139,13 @@ async fn stream(
                         return Ok(());
                     }
                     _ = sink.woken() => {
-                        match sink.drain().await {
+                        // A client that does not read must not keep its timeline from
+                        // shutting down.
+                        let drained = tokio::select! {
+                            r = sink.drain() => r,
+                            _ = tl.cancelled().cancelled() => return Ok(()),
+                        };
+                        match drained {
                             Ok(false) => continue,
                             // Ended (refused, or its timeline failed) or gone.
                             Ok(true) | Err(_) => return Ok(()),
