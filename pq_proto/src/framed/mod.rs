@@ -47,11 +47,19 @@ pub enum ConnectionError {
 /// Smallest amount of free space offered to each read (fewer, larger reads).
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Most free space offered to one read when the stream keeps filling what it is offered:
+/// a connection streaming data (a proposer pipelining AppendRequests) reads several
+/// messages per system call and per wake-up; a quiet one stays at [`READ_CHUNK`], so idle
+/// connections do not pin large buffers.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
 /// The read side's state: buffered bytes not yet returned as a message, and the limit.
 #[derive(Debug)]
 struct ReadState {
     buf: BytesMut,
     max_len: usize,
+    /// Free space the next read is offered (between the two bounds above).
+    chunk: usize,
 }
 
 impl ReadState {
@@ -59,6 +67,18 @@ impl ReadState {
         ReadState {
             buf: BytesMut::with_capacity(READ_CHUNK),
             max_len: DEFAULT_MAX_MESSAGE_LEN,
+            chunk: READ_CHUNK,
+        }
+    }
+
+    /// Adapts the next read's size to the last one: a read that filled what it was offered
+    /// means more was waiting (offer twice as much); a read of a quarter or less means the
+    /// stream is quiet (back to the minimum).
+    fn adapt(&mut self, read: usize, offered: usize) {
+        if read >= offered {
+            self.chunk = (self.chunk * 2).min(MAX_READ_CHUNK);
+        } else if read <= self.chunk / 4 {
+            self.chunk = READ_CHUNK;
         }
     }
 
@@ -78,9 +98,12 @@ impl ReadState {
             if let Some(msg) = parse(&mut self.buf, self.max_len)? {
                 return Ok(Some(msg));
             }
-            self.buf.reserve(missing(&self.buf).max(READ_CHUNK));
+            self.buf.reserve(missing(&self.buf).max(self.chunk));
+            let offered = self.buf.capacity() - self.buf.len();
             // Cancel safety: `read_buf` either appends to the buffer or reads nothing.
-            if io.read_buf(&mut self.buf).await? == 0 {
+            let n = io.read_buf(&mut self.buf).await?;
+            self.adapt(n, offered);
+            if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }

@@ -210,3 +210,20 @@ async fn split_keeps_buffers_and_unsplit_restores_them() {
         Some(BeMessage::NoData)
     );
 }
+
+#[test]
+fn reads_grow_while_the_stream_keeps_filling_them_and_shrink_when_it_is_quiet() {
+    let mut r = super::ReadState::new();
+    assert_eq!(r.chunk, super::READ_CHUNK);
+    // Full reads: doubled each time, up to the maximum.
+    for _ in 0..10 {
+        let offered = r.chunk;
+        r.adapt(offered, offered);
+    }
+    assert_eq!(r.chunk, super::MAX_READ_CHUNK);
+    // A read that half fills its space keeps the size; a small one drops it.
+    r.adapt(super::MAX_READ_CHUNK / 2, super::MAX_READ_CHUNK);
+    assert_eq!(r.chunk, super::MAX_READ_CHUNK);
+    r.adapt(100, super::MAX_READ_CHUNK);
+    assert_eq!(r.chunk, super::READ_CHUNK);
+}
