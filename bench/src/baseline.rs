@@ -44,15 +44,7 @@ pub fn seq_write_fdatasync(dir: &Path, total: u64, chunk: usize) -> anyhow::Resu
 /// was zero-filled and synced first (as pg_test_fsync does): the disk's commit floor.
 pub fn fdatasync_latencies(dir: &Path, n: usize, size: usize) -> anyhow::Result<Vec<Duration>> {
     let path = dir.join("baseline-fdatasync");
-    let _ = std::fs::remove_file(&path);
-    let f = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
-    let len = (n * size).max(1 << 20);
-    f.write_all_at(&vec![0u8; len], 0)?;
-    f.sync_all()?;
+    let f = zero_filled_file(&path, (n * size).max(1 << 20))?;
     let buf = vec![b'c'; size];
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -83,15 +75,7 @@ pub fn second_of_three_fdatasyncs(
     let mut ends = Vec::new();
     for w in 0..3 {
         let path = dir.join(format!("baseline-fdatasync-{w}"));
-        let _ = std::fs::remove_file(&path);
-        let f = OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        let len = (n * size).max(1 << 20);
-        f.write_all_at(&vec![0u8; len], 0)?;
-        f.sync_all()?;
+        let f = zero_filled_file(&path, (n * size).max(1 << 20))?;
         let (start, done) = (start.clone(), done.clone());
         let (tx, rx) = std::sync::mpsc::channel::<Instant>();
         ends.push(rx);
@@ -123,6 +107,21 @@ pub fn second_of_three_fdatasyncs(
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// A new file at `path` (replacing any left over) of `len` zero bytes, synced with its
+/// metadata: appends into it measure the data sync alone, as pg_test_fsync's do.
+fn zero_filled_file(path: &Path, len: usize) -> anyhow::Result<std::fs::File> {
+    let _ = std::fs::remove_file(path);
+    let f = OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all_at(&vec![0u8; len], 0)?;
+    f.sync_all()?;
+    Ok(f)
 }
 
 /// CPU time the hypervisor took from this VM so far (the `steal` column of

@@ -220,8 +220,7 @@ pub fn e2e(ctx: &mut Ctx) -> anyhow::Result<()> {
         median(&bridge1),
     );
     // The ratio: the median of each round's, whose runs were close in time.
-    let ratio = median_ratio;
-    let bv = ratio(&bridge, &vanilla);
+    let bv = median_ratio(&bridge, &vanilla);
     let tps = |x: f64| format!("{x:.0} TPS");
     ctx.report.row(
         sec,
@@ -237,7 +236,7 @@ pub fn e2e(ctx: &mut Ctx) -> anyhow::Result<()> {
         "(a) bridge → 3 safekeepers vs (c) pg_receivewal --synchronous",
         tps(b),
         tps(r),
-        Some(ratio(&bridge, &recv)),
+        Some(median_ratio(&bridge, &recv)),
         "",
         format!("{cmd}'receivewal' (pg_receivewal --synchronous -D <dir>)"),
     );
@@ -246,7 +245,7 @@ pub fn e2e(ctx: &mut Ctx) -> anyhow::Result<()> {
         "(d) bridge → 1 safekeeper vs (b) vanilla PG 15 standby",
         tps(b1),
         tps(v),
-        Some(ratio(&bridge1, &vanilla)),
+        Some(median_ratio(&bridge1, &vanilla)),
         "",
         format!(
             "{cmd}'walproposer' (walproposer bridge --primary … --safekeepers sk1) vs 'standby1'"

@@ -75,28 +75,19 @@ pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// "≥ 0.90 × baseline: met" / "missed".
+/// "≥ 0.90: **met**" / "**missed**".
 pub fn target_ge(ratio: f64, want: f64) -> String {
-    format!(
-        "≥ {want:.2}: {}",
-        if ratio >= want {
-            "**met**"
-        } else {
-            "**missed**"
-        }
-    )
+    met(ratio >= want, &format!("≥ {want:.2}"))
 }
 
-/// "≤ 1.50 × baseline: met" / "missed".
+/// "≤ 1.50: **met**" / "**missed**".
 pub fn target_le(ratio: f64, want: f64) -> String {
-    format!(
-        "≤ {want:.2}: {}",
-        if ratio <= want {
-            "**met**"
-        } else {
-            "**missed**"
-        }
-    )
+    met(ratio <= want, &format!("≤ {want:.2}"))
+}
+
+/// "<target>: **met**" / "<target>: **missed**".
+pub fn met(ok: bool, target: &str) -> String {
+    format!("{target}: {}", if ok { "**met**" } else { "**missed**" })
 }
 
 impl Report {

@@ -14,7 +14,7 @@ use walproposer::proposer::Config;
 
 use crate::crowd;
 use crate::procs::{Safekeeper, hwm_kib, rss_kib, thread_count};
-use crate::report::mib;
+use crate::report::{met, mib};
 use crate::{Ctx, fresh_dir, new_ids};
 
 /// Creates `n` timelines with 64 KiB of WAL each on the safekeeper at `addr`.
@@ -147,7 +147,7 @@ fn open_files_needed(n: usize) -> u64 {
 /// RSS, and whether every proposer got its WAL flushed.
 fn crowd_figures(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
     let sec = "5. Memory and scale";
-    let (limit, why) = crowd::raise_open_files(OPEN_FILES_WANTED);
+    let (limit, why) = utils::limits::raise_open_files(Some(OPEN_FILES_WANTED));
     if limit < open_files_needed(n) {
         let note = format!(
             "{n} proposers at once: not measured. The safekeeper would need about {} open \
@@ -254,9 +254,4 @@ fn crowd_figures(ctx: &mut Ctx, n: usize) -> anyhow::Result<()> {
     drop(sk);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
-}
-
-/// "≤ 64: **met**" / "**missed**".
-fn met(ok: bool, target: &str) -> String {
-    format!("{target}: {}", if ok { "**met**" } else { "**missed**" })
 }

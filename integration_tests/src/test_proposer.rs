@@ -273,6 +273,28 @@ impl TestProposer {
         p.elect(term, history, start).await?;
         Ok((p, v))
     }
+
+    /// [`TestProposer::elected`] for the first term of a new timeline: protocol v3, term 1,
+    /// its history a single entry at `start`.
+    pub async fn first_term(
+        addr: &str,
+        ttid: TenantTimelineId,
+        cluster: Cluster,
+        start: Lsn,
+    ) -> anyhow::Result<TestProposer> {
+        let history = history(&[(1, start)]);
+        let (p, _) = Self::elected(
+            addr,
+            ttid,
+            ProtocolVersion::V3,
+            cluster,
+            Term(1),
+            history,
+            start,
+        )
+        .await?;
+        Ok(p)
+    }
 }
 
 /// Connects to the safekeeper and returns the raw socket, for bad-input tests.

@@ -26,16 +26,7 @@ fn generator() -> WalGenerator {
 
 /// Creates the timeline and streams `wal` into it in term 1.
 async fn fill(sk: &Safekeeper, ttid: TenantTimelineId, wal: &GeneratedWal) -> anyhow::Result<()> {
-    let (mut p, _) = TestProposer::elected(
-        &sk.addr(),
-        ttid,
-        ProtocolVersion::V3,
-        CLUSTER,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, START).await?;
     let flushes = p.push(Term(1), START, &wal.wal).await?;
     assert_eq!(flushes.last().copied(), Some(wal.end()));
     Ok(())

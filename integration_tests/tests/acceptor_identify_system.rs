@@ -3,8 +3,7 @@
 
 use integration_tests::real_wal::GeneratedWal;
 use integration_tests::sk::Safekeeper;
-use integration_tests::test_proposer::{Cluster, TestProposer, history};
-use pq_proto::proposer::ProtocolVersion;
+use integration_tests::test_proposer::{Cluster, TestProposer};
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
 
@@ -29,16 +28,7 @@ async fn fill(
 ) -> anyhow::Result<Lsn> {
     let mut generator = WalGenerator::new(START, c.system_id, c.wal_seg_size, 15)?;
     let wal = GeneratedWal::generate(&mut generator, kib * 1024)?;
-    let (mut p, _) = TestProposer::elected(
-        &sk.addr(),
-        ttid,
-        ProtocolVersion::V3,
-        c,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, c, START).await?;
     p.push(Term(1), START, &wal.wal).await?;
     p.append(Term(1), wal.end(), bytes::Bytes::new(), wal.end())
         .await?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use integration_tests::free_port;
 use integration_tests::real_wal::GeneratedWal;
 use integration_tests::sk::{Safekeeper, workspace_bin};
-use integration_tests::test_proposer::{Cluster, TestProposer, conninfo, history, server_error};
+use integration_tests::test_proposer::{Cluster, TestProposer, conninfo, server_error};
 use pq_client::PgError;
 use pq_proto::backend::SqlState;
 use pq_proto::proposer::{AcceptorMessage, ProtocolVersion};
@@ -31,21 +31,6 @@ fn generator() -> WalGenerator {
     WalGenerator::new(START, CLUSTER.system_id, CLUSTER.wal_seg_size, 15).expect("generator")
 }
 
-/// A proposer elected in term 1 on a new timeline.
-async fn term1(sk: &Safekeeper, ttid: TenantTimelineId) -> anyhow::Result<TestProposer> {
-    let (p, _) = TestProposer::elected(
-        &sk.addr(),
-        ttid,
-        ProtocolVersion::V3,
-        CLUSTER,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await?;
-    Ok(p)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_process_on_the_same_datadir_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -53,7 +38,7 @@ async fn second_process_on_the_same_datadir_is_refused() -> anyhow::Result<()> {
     let mut sk = Safekeeper::start(1, &datadir, false)?;
     let ttid = new_ttid();
     let wal = GeneratedWal::generate(&mut generator(), 100 * 1024)?;
-    term1(&sk, ttid)
+    TestProposer::first_term(&sk.addr(), ttid, CLUSTER, START)
         .await?
         .push(Term(1), START, &wal.wal)
         .await?;
@@ -105,7 +90,7 @@ async fn sigterm_exits_zero_and_keeps_acknowledged_wal() -> anyhow::Result<()> {
     // Idle at SIGTERM: a proposer connection and a query connection stay open.
     let ttid = new_ttid();
     let wal = GeneratedWal::generate(&mut generator(), 1024 * 1024)?;
-    let mut p = term1(&sk, ttid).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, START).await?;
     let acked = *p.push(Term(1), START, &wal.wal).await?.last().unwrap();
     assert_eq!(acked, wal.end());
     let before = sk.timeline_status(&ttid)?;
@@ -149,7 +134,7 @@ async fn sigterm_mid_stream_exits_zero_and_keeps_acknowledged_wal() -> anyhow::R
     let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), true)?;
     let ttid = new_ttid();
     let wal = GeneratedWal::generate(&mut generator(), 4 * 1024 * 1024)?;
-    let mut p = term1(&sk, ttid).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, START).await?;
     let half = wal.wal.len() / 2;
     let mut acked = *p
         .push(Term(1), START, &wal.wal.slice(..half))

@@ -228,16 +228,7 @@ async fn election_starting_beyond_the_acceptors_wal_is_refused() -> anyhow::Resu
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
     let mut generator = WalGenerator::new(START, cluster.system_id, SEG, 15)?;
     let a_wal = GeneratedWal::generate(&mut generator, 100 * 1024)?;
-    let (mut a, _) = TestProposer::elected(
-        &sk.addr(),
-        ttid,
-        ProtocolVersion::V3,
-        cluster,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await?;
+    let mut a = TestProposer::first_term(&sk.addr(), ttid, cluster, START).await?;
     a.push(Term(1), START, &a_wal.wal).await?;
     let f = a_wal.end();
     drop(a);

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use integration_tests::real_wal::{GeneratedWal, SEG};
 use integration_tests::sk::Safekeeper;
-use integration_tests::test_proposer::{Cluster, TestProposer, history};
-use pq_proto::proposer::ProtocolVersion;
+use integration_tests::test_proposer::{Cluster, TestProposer};
 use tokio::sync::Barrier;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
@@ -136,22 +135,13 @@ async fn proposer(
     progress: Arc<Progress>,
 ) -> anyhow::Result<()> {
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
-    let p = TestProposer::elected(
-        &addr,
-        ttid,
-        ProtocolVersion::V3,
-        CLUSTER,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await;
+    let p = TestProposer::first_term(&addr, ttid, CLUSTER, START).await;
     if p.is_ok() {
         progress.elected.fetch_add(1, Ordering::Relaxed);
     }
     elected.wait().await;
     let result = async {
-        let (mut p, _) = p.context("election")?;
+        let mut p = p.context("election")?;
         let mut last = Lsn::INVALID;
         for round in wal.iter() {
             let flushes = p.push(Term(1), round.start, &round.wal).await?;

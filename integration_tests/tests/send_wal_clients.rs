@@ -18,10 +18,9 @@ use integration_tests::pg_tools::{
 };
 use integration_tests::real_wal::{RealWal, SEG};
 use integration_tests::sk::Safekeeper;
-use integration_tests::test_proposer::Cluster;
+use integration_tests::test_proposer::{Cluster, TestProposer};
 use send_wal_util::{
-    CLUSTER, GEN_START, GenWal, append_with_commit, elected_proposer, heartbeat, new_ttid,
-    wait_for_log,
+    CLUSTER, GEN_START, GenWal, append_with_commit, heartbeat, new_ttid, wait_for_log,
 };
 use utils::xlog::{DecoderConfig, WalStreamDecoder, xlog_file_name};
 use utils::{Lsn, SegNo, TenantTimelineId, Term};
@@ -118,7 +117,7 @@ async fn pg_receivewal_writes_segments_identical_to_the_primary() -> anyhow::Res
     let last = real.last_segno;
     let commit = record_start_mid_segment(&real, last);
     let pushed = Bytes::copy_from_slice(real.bytes(real.start, commit));
-    let mut p = elected_proposer(&sk, ttid, real.cluster, real.start).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, real.cluster, real.start).await?;
     let flushes = p.push(Term(1), real.start, &pushed).await?;
     assert_eq!(flushes.last().copied(), Some(commit));
     let r = heartbeat(&mut p, Term(1), commit, commit).await?;
@@ -410,7 +409,7 @@ async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_t
     let dir = tempfile::tempdir()?;
     let sk = Safekeeper::start(1, &dir.path().join("sk"), false)?;
     let ttid = new_ttid();
-    let mut p = elected_proposer(&sk, ttid, cluster, start).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, cluster, start).await?;
     p.push(Term(1), start, &wal).await?;
     let mut end = Lsn(start.0 + wal.len() as u64);
     let r = heartbeat(&mut p, Term(1), end, end).await?;
@@ -489,7 +488,7 @@ async fn psql_runs_the_walsender_commands_and_survives_start_replication() -> an
     let sk = Safekeeper::start(1, &dir.path().join("sk"), false)?;
     let ttid = new_ttid();
     let wal = GenWal::new(GEN_START, 256 << 10);
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, wal.end()).await?;
     let end = wal.end();
 

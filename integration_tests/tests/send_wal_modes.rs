@@ -14,8 +14,8 @@ use integration_tests::sk::Safekeeper;
 use integration_tests::test_proposer::TestProposer;
 use pq_proto::proposer::ProtocolVersion;
 use send_wal_util::{
-    CLUSTER, Frame, GEN_START, GenWal, ReplStream, append_with_commit, elected_proposer,
-    error_fields, heartbeat, new_ttid, wait_for_log,
+    CLUSTER, Frame, GEN_START, GenWal, ReplStream, append_with_commit, error_fields, heartbeat,
+    new_ttid, wait_for_log,
 };
 use utils::{Lsn, Term};
 
@@ -35,7 +35,7 @@ async fn commit_mode_never_sends_above_commit_lsn() -> anyhow::Result<()> {
     let wal = GenWal::new(GEN_START, 3 << 20);
     let c1 = wal.record_end_at_or_after(Lsn(GEN_START.0 + (1 << 20)));
     let c2 = wal.record_end_at_or_after(Lsn(GEN_START.0 + (2 << 20)));
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     // The proposer holds commit back at c1 while the safekeeper flushes everything.
     let flush = append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, c1).await?;
     assert_eq!(flush, wal.end());
@@ -90,7 +90,7 @@ async fn term_mode_streams_to_flush_and_ends_with_an_error_on_term_change() -> a
     let ttid = new_ttid();
     let wal = GenWal::new(GEN_START, 1 << 20);
     let c1 = wal.record_end_at_or_after(Lsn(GEN_START.0 + (256 << 10)));
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, c1).await?;
 
     // A wrong term ends the stream at once, with the reason.
@@ -150,7 +150,7 @@ async fn stop_lsn_ends_the_stream_cleanly_and_the_connection_goes_on() -> anyhow
     let wal = GenWal::new(GEN_START, 1 << 20);
     let c1 = wal.record_end_at_or_after(Lsn(GEN_START.0 + (300 << 10)));
     let stop = wal.record_end_at_or_after(Lsn(GEN_START.0 + (200 << 10)));
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, c1).await?;
 
     let mut r = ReplStream::connect(&sk, Some(&ttid), "recovery").await?;
@@ -200,7 +200,7 @@ async fn start_at_0_0_streams_from_the_current_end() -> anyhow::Result<()> {
     let ttid = new_ttid();
     let wal = GenWal::new(GEN_START, 1 << 20);
     let mid = wal.record_end_at_or_after(Lsn(GEN_START.0 + (400 << 10)));
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     let first = wal.wal.slice(..(mid.0 - GEN_START.0) as usize);
     append_with_commit(&mut p, Term(1), GEN_START, &first, mid).await?;
     assert_eq!(sk.timeline_status(&ttid)?.commit_lsn, mid);
@@ -266,7 +266,7 @@ async fn bad_starts_are_errors_that_say_what_is_wrong() -> anyhow::Result<()> {
     let sk = start_sk(&dir)?;
     let ttid = new_ttid();
     let wal = GenWal::new(GEN_START, 64 << 10);
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, wal.end()).await?;
 
     let mut r = ReplStream::connect(&sk, Some(&ttid), "bad").await?;
@@ -335,7 +335,7 @@ async fn shutdown_ends_streams_even_to_a_client_that_stopped_reading() -> anyhow
     let mut sk = start_sk(&dir)?;
     let ttid = new_ttid();
     let wal = GenWal::new(GEN_START, 24 << 20);
-    let mut p = elected_proposer(&sk, ttid, CLUSTER, GEN_START).await?;
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     append_with_commit(&mut p, Term(1), GEN_START, &wal.wal, wal.end()).await?;
     drop(p);
     // One reader never reads: its sender ends up blocked on a full socket.

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use integration_tests::sk::Safekeeper;
+use integration_tests::test_proposer::TestProposer;
 use send_wal_util::{
-    CLUSTER, Frame, GEN_START, GenWal, ReplStream, check_xlog_data, elected_proposer, heartbeat,
-    new_ttid,
+    CLUSTER, Frame, GEN_START, GenWal, ReplStream, check_xlog_data, heartbeat, new_ttid,
 };
 use utils::{Lsn, TenantTimelineId, Term};
 
@@ -48,8 +48,8 @@ async fn ingest(
     ttid: TenantTimelineId,
     wal: &GenWal,
     before_push: impl AsyncFnOnce() -> anyhow::Result<()>,
-) -> anyhow::Result<(f64, integration_tests::test_proposer::TestProposer)> {
-    let mut p = elected_proposer(sk, ttid, CLUSTER, GEN_START).await?;
+) -> anyhow::Result<(f64, TestProposer)> {
+    let mut p = TestProposer::first_term(&sk.addr(), ttid, CLUSTER, GEN_START).await?;
     before_push().await?;
     let t0 = Instant::now();
     let flushes = p.push(Term(1), GEN_START, &wal.wal).await?;

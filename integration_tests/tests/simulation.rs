@@ -20,19 +20,73 @@
 
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
+use integration_tests::sim::acceptor_node::{AcceptorNode, Outcome};
 use integration_tests::sim::{
     Mutation, SimOptions, World, parse_mutation, replay_command, run_seed, run_seeds,
 };
+use pq_proto::proposer::{
+    AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
+    ProposerMessage, VoteRequest,
+};
+use safekeeper::ingest::Sent;
+use utils::xlog::WalGenerator;
+use utils::{Lsn, Term, TermHistory, TermLsn};
 
 /// The replies of an executor call that must neither fail nor crash.
-fn sent(out: integration_tests::sim::acceptor_node::Outcome) -> Vec<safekeeper::ingest::Sent> {
-    use integration_tests::sim::acceptor_node::Outcome;
+fn sent(out: Outcome) -> Vec<Sent> {
     match out {
         Outcome::Sent(s) => s,
         Outcome::Refused(e) => panic!("refused: {e}"),
         Outcome::Crashed => panic!("crashed"),
         Outcome::Broken(e) => panic!("broken: {e}"),
     }
+}
+
+/// An acceptor node (its executor over the simulated disk) that voted for term 1 and took
+/// its ProposerElected with WAL starting at `start`; and that ProposerElected.
+fn elected_node(start: Lsn) -> (AcceptorNode, ProposerMessage) {
+    let mut node = AcceptorNode::new(0, Mutation::None, true);
+    sent(node.propose(1, vote(1), None));
+    let elected = ProposerMessage::Elected(ProposerElected {
+        generation: Generation(0),
+        term: Term(1),
+        start_streaming_at: start,
+        term_history: TermHistory(vec![TermLsn {
+            term: Term(1),
+            lsn: start,
+        }]),
+    });
+    sent(node.propose(1, elected.clone(), None));
+    (node, elected)
+}
+
+/// A VoteRequest for `term`.
+fn vote(term: u64) -> ProposerMessage {
+    ProposerMessage::VoteRequest(VoteRequest {
+        generation: Generation(0),
+        term: Term(term),
+    })
+}
+
+/// A term-1 AppendRequest of `data` at `begin`, committing nothing.
+fn append(begin: Lsn, data: Bytes) -> ProposerMessage {
+    ProposerMessage::AppendRequest(AppendRequest {
+        h: AppendRequestHeader {
+            generation: Generation(0),
+            term: Term(1),
+            begin_lsn: begin,
+            end_lsn: Lsn(begin.0 + data.len() as u64),
+            commit_lsn: Lsn::INVALID,
+            truncate_lsn: Lsn::INVALID,
+        },
+        wal_data: data,
+    })
+}
+
+/// A generator of the regression tests' WAL (1 MiB segments) from `start`.
+fn generator(start: Lsn) -> WalGenerator {
+    WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator")
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -248,40 +302,10 @@ fn fault_free_run_commits_everything() {
 /// `write_record_lsn` for the good records before the bad one in the same request.
 #[test]
 fn invalid_wal_does_not_advance_flush_lsn() {
-    use bytes::BytesMut;
-    use integration_tests::sim::acceptor_node::{AcceptorNode, Outcome};
-    use pq_proto::proposer::{
-        AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
-        ProposerMessage, VoteRequest,
-    };
-    use safekeeper::ingest::Sent;
-    use utils::xlog::WalGenerator;
-    use utils::{Lsn, Term, TermHistory, TermLsn};
-
     let start = Lsn(0x0100_0028);
-    let mut node = AcceptorNode::new(0, Mutation::None, true);
-    let vote = |term| {
-        ProposerMessage::VoteRequest(VoteRequest {
-            generation: Generation(0),
-            term: Term(term),
-        })
-    };
-    sent(node.propose(1, vote(1), None));
-    sent(node.propose(
-        1,
-        ProposerMessage::Elected(ProposerElected {
-            generation: Generation(0),
-            term: Term(1),
-            start_streaming_at: start,
-            term_history: TermHistory(vec![TermLsn {
-                term: Term(1),
-                lsn: start,
-            }]),
-        }),
-        None,
-    ));
+    let (mut node, _) = elected_node(start);
     // Two records in one AppendRequest; a bit of the second one's body is flipped.
-    let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
+    let mut g = generator(start);
     let mut wal = BytesMut::new();
     let first = g
         .append_logical_message("t", b"good", &mut wal)
@@ -291,22 +315,7 @@ fn invalid_wal_does_not_advance_flush_lsn() {
         .expect("record");
     let flip = (second.start_lsn.0 - start.0) as usize + 60;
     wal[flip] ^= 1;
-    let end = Lsn(start.0 + wal.len() as u64);
-    let res = node.propose(
-        1,
-        ProposerMessage::AppendRequest(AppendRequest {
-            h: AppendRequestHeader {
-                generation: Generation(0),
-                term: Term(1),
-                begin_lsn: start,
-                end_lsn: end,
-                commit_lsn: Lsn::INVALID,
-                truncate_lsn: Lsn::INVALID,
-            },
-            wal_data: wal.freeze(),
-        }),
-        None,
-    );
+    let res = node.propose(1, append(start, wal.freeze()), None);
     assert!(
         matches!(res, Outcome::Refused(_)),
         "corrupted WAL must be refused"
@@ -340,35 +349,10 @@ fn invalid_wal_does_not_advance_flush_lsn() {
 /// record, 0/400000..0/400410, sits written behind it.
 #[test]
 fn switch_then_records_in_one_append_are_flushed() {
-    use bytes::BytesMut;
-    use integration_tests::sim::acceptor_node::AcceptorNode;
-    use pq_proto::proposer::{
-        AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
-        ProposerMessage, VoteRequest,
-    };
-    use safekeeper::ingest::Sent;
-    use utils::xlog::WalGenerator;
-    use utils::{Lsn, Term, TermHistory, TermLsn};
-
     let seg = 1u64 << 20;
     let start = Lsn(seg + 40);
-    let mut node = AcceptorNode::new(0, Mutation::None, true);
-    let vote = ProposerMessage::VoteRequest(VoteRequest {
-        generation: Generation(0),
-        term: Term(1),
-    });
-    sent(node.propose(1, vote, None));
-    let elected = ProposerMessage::Elected(ProposerElected {
-        generation: Generation(0),
-        term: Term(1),
-        start_streaming_at: start,
-        term_history: TermHistory(vec![TermLsn {
-            term: Term(1),
-            lsn: start,
-        }]),
-    });
-    sent(node.propose(1, elected, None));
-    let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
+    let (mut node, _) = elected_node(start);
+    let mut g = generator(start);
     let mut wal = BytesMut::new();
     g.append_logical_message("t", b"before", &mut wal)
         .expect("record");
@@ -388,20 +372,9 @@ fn switch_then_records_in_one_append_are_flushed() {
     chunks.push((split, wal.len()));
     let mut replies = Vec::new();
     for (a, b) in chunks {
-        let (begin, data) = (Lsn(start.0 + a as u64), wal.slice(a..b));
-        let append = ProposerMessage::AppendRequest(AppendRequest {
-            h: AppendRequestHeader {
-                generation: Generation(0),
-                term: Term(1),
-                begin_lsn: begin,
-                end_lsn: Lsn(begin.0 + data.len() as u64),
-                commit_lsn: Lsn::INVALID,
-                truncate_lsn: Lsn::INVALID,
-            },
-            wal_data: data,
-        });
+        let begin = Lsn(start.0 + a as u64);
         // Answered at once where a segment completed (the last request); owed otherwise.
-        replies.extend(sent(node.propose(1, append, None)));
+        replies.extend(sent(node.propose(1, append(begin, wal.slice(a..b)), None)));
     }
     replies.extend(sent(node.flush(None)));
     let Some(Sent {
@@ -423,49 +396,14 @@ fn switch_then_records_in_one_append_are_flushed() {
 /// fdatasynced (only the server's checkpoint at disconnect would save them).
 #[test]
 fn failed_elected_keeps_unflushed_wal_unflushed() {
-    use bytes::BytesMut;
-    use integration_tests::sim::acceptor_node::{AcceptorNode, Outcome};
-    use pq_proto::proposer::{
-        AppendRequest, AppendRequestHeader, Generation, ProposerElected, ProposerMessage,
-        VoteRequest,
-    };
-    use utils::xlog::WalGenerator;
-    use utils::{Lsn, Term, TermHistory, TermLsn};
-
     let start = Lsn(0x0100_0028);
-    let mut node = AcceptorNode::new(0, Mutation::None, true);
-    let vote = ProposerMessage::VoteRequest(VoteRequest {
-        generation: Generation(0),
-        term: Term(1),
-    });
-    sent(node.propose(1, vote, None));
-    let elected = ProposerMessage::Elected(ProposerElected {
-        generation: Generation(0),
-        term: Term(1),
-        start_streaming_at: start,
-        term_history: TermHistory(vec![TermLsn {
-            term: Term(1),
-            lsn: start,
-        }]),
-    });
-    sent(node.propose(1, elected.clone(), None));
-    let mut g = WalGenerator::new(start, 0x5eed_5eed_0000_0001, 1 << 20, 15).expect("generator");
+    let (mut node, elected) = elected_node(start);
+    let mut g = generator(start);
     let mut wal = BytesMut::new();
     g.append_logical_message("t", b"unflushed", &mut wal)
         .expect("record");
     let end = Lsn(start.0 + wal.len() as u64);
-    let append = ProposerMessage::AppendRequest(AppendRequest {
-        h: AppendRequestHeader {
-            generation: Generation(0),
-            term: Term(1),
-            begin_lsn: start,
-            end_lsn: end,
-            commit_lsn: Lsn::INVALID,
-            truncate_lsn: Lsn::INVALID,
-        },
-        wal_data: wal.freeze(),
-    });
-    sent(node.propose(1, append, None));
+    sent(node.propose(1, append(start, wal.freeze()), None));
     // The same ProposerElected again (a duplicated message): refused.
     assert!(matches!(
         node.propose(2, elected, None),

@@ -57,20 +57,6 @@ fn end_of(start: Lsn, wal: &Bytes) -> Lsn {
     Lsn(start.0 + wal.len() as u64)
 }
 
-async fn elected(addr: &str, ttid: TenantTimelineId) -> anyhow::Result<TestProposer> {
-    let (p, _) = TestProposer::elected(
-        addr,
-        ttid,
-        ProtocolVersion::V3,
-        CLUSTER,
-        Term(1),
-        history(&[(1, START)]),
-        START,
-    )
-    .await?;
-    Ok(p)
-}
-
 async fn client(addr: &str, ttid: &TenantTimelineId, replication: bool) -> anyhow::Result<PgConn> {
     let mut ci = conninfo(addr, ttid, "lifecycle_test");
     if replication {
@@ -116,7 +102,7 @@ async fn status_answers_while_a_flush_is_stalled() -> anyhow::Result<()> {
     let hook = Arc::new(FaultHook::default());
     let sk = InProcessSafekeeper::start(Some(hook.clone())).await?;
     let ttid = new_ttid();
-    let mut p = elected(&sk.pg_addr, ttid).await?;
+    let mut p = TestProposer::first_term(&sk.pg_addr, ttid, CLUSTER, START).await?;
     let first = wal(START, 40_000);
     let durable = end_of(START, &first);
     let flushes = p.push(Term(1), START, &first).await?;
@@ -169,7 +155,7 @@ async fn a_broken_timeline_is_reloaded_once_however_many_ask() -> anyhow::Result
     let hook = Arc::new(FaultHook::default());
     let sk = InProcessSafekeeper::start(Some(hook.clone())).await?;
     let ttid = new_ttid();
-    let mut p = elected(&sk.pg_addr, ttid).await?;
+    let mut p = TestProposer::first_term(&sk.pg_addr, ttid, CLUSTER, START).await?;
     let first = wal(START, 40_000);
     let acked = end_of(START, &first);
     p.push(Term(1), START, &first).await?;
@@ -247,8 +233,8 @@ async fn a_broken_timeline_is_reloaded_once_however_many_ask() -> anyhow::Result
 async fn deleting_a_timeline_ends_its_streams_and_no_others() -> anyhow::Result<()> {
     let sk = InProcessSafekeeper::start(None).await?;
     let (doomed, other) = (new_ttid(), new_ttid());
-    let mut pd = elected(&sk.pg_addr, doomed).await?;
-    let mut po = elected(&sk.pg_addr, other).await?;
+    let mut pd = TestProposer::first_term(&sk.pg_addr, doomed, CLUSTER, START).await?;
+    let mut po = TestProposer::first_term(&sk.pg_addr, other, CLUSTER, START).await?;
     let first = wal(START, 20_000);
     let end = end_of(START, &first);
     pd.push(Term(1), START, &first).await?;

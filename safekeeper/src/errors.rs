@@ -3,11 +3,13 @@
 use pq_proto::ProtocolError;
 use pq_proto::backend::{ErrorFields, SqlState};
 use pq_proto::framed::ConnectionError;
+use tokio_util::sync::CancellationToken;
 use utils::TenantTimelineId;
 
 use crate::acceptor::AcceptorError;
 use crate::command::CommandError;
 use crate::ingest::{OpenError, TimelineError};
+use crate::timeline::Timeline;
 use crate::timelines::RegistryError;
 
 /// An error answered with an ErrorResponse.
@@ -77,6 +79,19 @@ impl From<ConnectionError> for ClientError {
 }
 
 impl ClientError {
+    /// Why a stream of `tl` ends once the timeline is cancelled (its token is a child of
+    /// the server's `shutdown`): the server stopping, the timeline broken by a storage
+    /// error (it is reloaded), or the timeline shutting down (deleted).
+    pub fn stream_end(shutdown: &CancellationToken, tl: &Timeline) -> ClientError {
+        if shutdown.is_cancelled() {
+            ClientError::Shutdown
+        } else if tl.is_broken() {
+            ClientError::Timeline(TimelineError::Broken(tl.ttid))
+        } else {
+            ClientError::Timeline(TimelineError::ShuttingDown(tl.ttid))
+        }
+    }
+
     /// The SQLSTATE this error is reported with.
     pub fn sqlstate(&self) -> SqlState {
         match self {

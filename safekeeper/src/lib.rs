@@ -29,6 +29,8 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod storage;
+#[cfg(test)]
+mod test_wal;
 pub mod timeline;
 pub mod timelines;
 pub mod wal_reader;

@@ -132,29 +132,14 @@ fn main() -> anyhow::Result<()> {
 
 /// Every proposer connection is a socket and an open segment file: raise the soft limit
 /// on open files to the hard one (as far as the kernel allows), say what it is, and
-/// return it.
+/// return it (1024, the usual default, if it cannot be read).
 fn raise_open_files_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let limit = match utils::limits::raise_open_files(None) {
+        (0, _) => 1024,
+        (n, _) => n,
     };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                lim = want;
-            }
-        }
-    }
-    tracing::info!(limit = lim.rlim_cur, "open files limit");
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    tracing::info!(limit, "open files limit");
+    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -14,12 +14,12 @@ use integration_tests::test_proposer::{Cluster, TestProposer};
 use pq_client::{PgConn, PgError};
 use pq_proto::backend::{BeMessage, ErrorFields};
 use pq_proto::frontend::FeMessage;
-use pq_proto::proposer::{AppendResponse, ProtocolVersion};
+use pq_proto::proposer::AppendResponse;
 use pq_proto::replication::{
     PrimaryKeepalive, ReplicationClientMessage, ReplicationServerMessage, XLogData,
 };
 use utils::xlog::WalGenerator;
-use utils::{Lsn, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
+use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
 
 /// A fresh timeline id.
 pub fn new_ttid() -> TenantTimelineId {
@@ -89,26 +89,6 @@ impl GenWal {
             .find(|&&e| e >= lsn)
             .expect("a record ends there")
     }
-}
-
-/// Connects a test proposer, creates the timeline and wins term 1 with WAL starting at
-/// `start` (nothing is appended).
-pub async fn elected_proposer(
-    sk: &Safekeeper,
-    ttid: TenantTimelineId,
-    cluster: Cluster,
-    start: Lsn,
-) -> anyhow::Result<TestProposer> {
-    let mut p = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, true).await?;
-    p.greet(cluster).await?;
-    let v = p.vote(Term(1)).await?;
-    ensure!(v.vote_given, "vote refused: {v:?}");
-    let history = TermHistory(vec![TermLsn {
-        term: Term(1),
-        lsn: start,
-    }]);
-    p.elect(Term(1), history, start).await?;
-    Ok(p)
 }
 
 /// Sends a heartbeat (an empty AppendRequest) carrying `commit` and returns the answer.

@@ -276,11 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Splits into a reader and a writer that can be used concurrently (CopyBoth). The
     /// reader keeps the bytes already buffered, the writer the unflushed output.
     pub fn split(self) -> (FramedReader<ReadHalf<S>>, FramedWriter<WriteHalf<S>>) {
-        let (r, w) = tokio::io::split(self.stream);
-        (
-            FramedReader::from_parts(r, self.read),
-            FramedWriter::from_parts(w, self.write),
-        )
+        self.split_with(tokio::io::split)
     }
 
     /// Splits into a reader and a writer with `f` (e.g. `TcpStream::into_split`, whose

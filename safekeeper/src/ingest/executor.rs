@@ -59,6 +59,18 @@ impl<S: Storage> Executor<S> {
         node_id: NodeId,
     ) -> Result<Self, OpenError> {
         let state = storage.load_control()?;
+        Self::recover(storage, state, ttid, node_id)
+    }
+
+    /// The restart path of [`Executor::open`] from a control file the caller has already
+    /// read (with `storage`'s [`Storage::load_control`] or the same checks), e.g. to learn
+    /// the segment size the storage is built with.
+    pub fn recover(
+        mut storage: S,
+        state: TimelineState,
+        ttid: TenantTimelineId,
+        node_id: NodeId,
+    ) -> Result<Self, OpenError> {
         if state.ttid != ttid {
             return Err(OpenError::Corrupt(format!(
                 "the control file of timeline {ttid} belongs to timeline {}",
@@ -156,7 +168,19 @@ impl<S: Storage> Executor<S> {
         } else {
             self.finish_flush()?
         };
-        let out = self.acceptor.process(msg)?;
+        let out = match self.acceptor.process(msg) {
+            Ok(out) => out,
+            Err(e) => {
+                // The message leaves no trace, but the flush it waited for did finish: its
+                // connections are owed again (the next flush answers them at once).
+                for s in sent.into_iter().rev() {
+                    if !self.owed.contains(&s.conn) {
+                        self.owed.insert(0, s.conn);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         let segment_completed = self.perform(out.effects)?;
         match out.reply {
             Reply::Now(msg) => sent.push(Sent { conn, msg }),

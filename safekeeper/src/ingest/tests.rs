@@ -4,12 +4,11 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pq_proto::proposer::{
     AcceptorMessage, AppendRequest, AppendRequestHeader, Generation, ProposerElected,
     ProposerMessage, VoteRequest,
 };
-use utils::xlog::WalGenerator;
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TermHistory, TermLsn, TimelineId};
 
 use super::{Executor, Sent, TimelineError};
@@ -130,19 +129,10 @@ fn new_exec() -> Executor<Disk> {
     Executor::new(disk, NodeId(1), state, Lsn::INVALID)
 }
 
-/// Records of `size` bytes from `start` until `bytes` are covered; the bytes and the end
-/// of every record.
+/// `n` valid records of `size` bytes each starting at `start`; returns the bytes and the
+/// end of every record.
 fn wal(start: Lsn, n: usize, size: usize) -> (Bytes, Vec<Lsn>) {
-    let mut g = WalGenerator::new(start, 42, SEG, 15).unwrap();
-    let mut out = BytesMut::new();
-    let ends = (0..n)
-        .map(|_| {
-            g.append_logical_message("t", &vec![7u8; size], &mut out)
-                .unwrap()
-                .end_lsn
-        })
-        .collect();
-    (out.freeze(), ends)
+    crate::test_wal::records(start, SEG, n, size)
 }
 
 fn append(begin: Lsn, data: Bytes, commit: Lsn) -> ProposerMessage {
@@ -170,23 +160,22 @@ fn elected() -> Executor<Disk> {
         }),
     )
     .unwrap();
-    let h = TermHistory(vec![TermLsn {
-        term: Term(1),
-        lsn: START,
-    }]);
-    let out = e
-        .propose(
-            1,
-            ProposerMessage::Elected(ProposerElected {
-                generation: Generation(0),
-                term: Term(1),
-                start_streaming_at: START,
-                term_history: h,
-            }),
-        )
-        .unwrap();
+    let out = e.propose(1, elected_in_term_1()).unwrap();
     assert!(out.is_empty());
     e
+}
+
+/// The ProposerElected of term 1, streaming from START.
+fn elected_in_term_1() -> ProposerMessage {
+    ProposerMessage::Elected(ProposerElected {
+        generation: Generation(0),
+        term: Term(1),
+        start_streaming_at: START,
+        term_history: TermHistory(vec![TermLsn {
+            term: Term(1),
+            lsn: START,
+        }]),
+    })
 }
 
 fn flush_lsn_of(s: &Sent) -> Lsn {
@@ -353,4 +342,21 @@ fn writes_go_on_while_a_flush_is_in_flight_and_other_input_waits_for_it() {
     assert_eq!((sent[0].conn, flush_lsn_of(&sent[0])), (2, ends[5]));
     assert!(matches!(sent[1].msg, AcceptorMessage::VoteResponse(_)));
     assert!(!e.flush_in_flight());
+}
+
+#[test]
+fn a_refused_message_keeps_the_answers_of_the_flush_it_waited_for() {
+    let mut e = elected();
+    let (data, ends) = wal(START, 2, 100);
+    push(&mut e, 1, START, data);
+    e.start_flush().unwrap().expect("owed, so a flush begins");
+    // The term's ProposerElected again (a duplicated message): refused, after the flush
+    // finished.
+    let err = e.propose(2, elected_in_term_1()).unwrap_err();
+    assert!(matches!(err, TimelineError::Acceptor(_)), "{err}");
+    assert!(!e.flush_in_flight());
+    assert!(e.owes(), "connection 1 still waits for its answer");
+    let sent = e.flush_owed().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].conn, flush_lsn_of(&sent[0])), (1, ends[1]));
 }

@@ -135,7 +135,7 @@ async fn stream(
                 // permit, and a framed read (bytes stay buffered).
                 let read = tokio::select! {
                     _ = tl.cancelled().cancelled() => {
-                        sink.end_with(&end_reason(ctx, tl));
+                        sink.end_with(&ClientError::stream_end(&ctx.shutdown, tl));
                         return Ok(());
                     }
                     _ = sink.woken() => {
@@ -186,7 +186,7 @@ async fn stream(
         let cost = (message_len(&msg) >> 10).clamp(1, INPUT_BUDGET >> 10) as u32;
         let permit = tokio::select! {
             _ = tl.cancelled().cancelled() => {
-                sink.end_with(&end_reason(ctx, tl));
+                sink.end_with(&ClientError::stream_end(&ctx.shutdown, tl));
                 return Ok(());
             }
             p = budget.clone().acquire_many_owned(cost) => p.expect("the budget is never closed"),
@@ -207,17 +207,6 @@ fn message_len(m: &ProposerMessage) -> usize {
     match m {
         ProposerMessage::AppendRequest(a) => a.wal_data.len(),
         _ => 0,
-    }
-}
-
-/// Why a stream ends when its timeline is cancelled.
-fn end_reason(ctx: &ServerCtx, tl: &Timeline) -> ClientError {
-    if ctx.shutdown.is_cancelled() {
-        ClientError::Shutdown
-    } else if tl.is_broken() {
-        ClientError::Timeline(crate::timeline::TimelineError::Broken(tl.ttid))
-    } else {
-        ClientError::Timeline(crate::timeline::TimelineError::ShuttingDown(tl.ttid))
     }
 }
 

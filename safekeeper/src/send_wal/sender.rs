@@ -21,7 +21,7 @@ use super::{End, ReplyTask, check_start, chunk_len};
 use crate::command::StartReplication;
 use crate::errors::ClientError;
 use crate::session::{ConnReader, ConnWriter};
-use crate::timeline::{Timeline, TimelineError, TimelineStatus};
+use crate::timeline::{Timeline, TimelineStatus};
 use crate::wal_reader::WalReader;
 
 /// How long a stream may be idle before a keepalive asks for a reply.
@@ -65,13 +65,13 @@ impl Sender<'_> {
 
     /// Why the stream must end now, if it must: the server or the timeline shutting down.
     fn cancelled(&self) -> Option<ClientError> {
-        if self.shutdown.is_cancelled() {
-            Some(ClientError::Shutdown)
-        } else if self.tl.cancelled().is_cancelled() {
-            Some(timeline_ended(self.tl))
-        } else {
-            None
-        }
+        self.tl.cancelled().is_cancelled().then(|| self.ended())
+    }
+
+    /// Why the stream ends once its timeline is cancelled (the server's shutdown cancels
+    /// it too: one token to wait on).
+    fn ended(&self) -> ClientError {
+        ClientError::stream_end(self.shutdown, self.tl)
     }
 
     pub(super) async fn stream(
@@ -196,8 +196,7 @@ impl Sender<'_> {
         // All branches are cancel-safe: watch `changed`, a JoinHandle, a sleep and
         // cancellation tokens can be dropped and polled again without losing anything.
         tokio::select! {
-            _ = self.shutdown.cancelled() => Err(ClientError::Shutdown),
-            _ = self.tl.cancelled().cancelled() => Err(timeline_ended(self.tl)),
+            _ = self.tl.cancelled().cancelled() => Err(self.ended()),
             r = replies => match r {
                 Ok(Ok(reader)) => Ok(Wake::ClientEnded(reader)),
                 Ok(Err(e)) => Err(e),
@@ -229,8 +228,7 @@ impl Sender<'_> {
         self.flush().await?;
         let waited = tokio::select! {
             r = tokio::time::timeout(COPY_DONE_TIMEOUT, replies) => r,
-            _ = self.shutdown.cancelled() => return Err(ClientError::Shutdown),
-            _ = self.tl.cancelled().cancelled() => return Err(timeline_ended(self.tl)),
+            _ = self.tl.cancelled().cancelled() => return Err(self.ended()),
         };
         match waited {
             Ok(Ok(Ok(Some(reader)))) => Ok(End::Done(reader)),
@@ -249,19 +247,8 @@ impl Sender<'_> {
         let (shutdown, tl) = (self.shutdown, self.tl);
         tokio::select! {
             r = self.w.flush() => Ok(r?),
-            _ = shutdown.cancelled() => Err(ClientError::Shutdown),
-            _ = tl.cancelled().cancelled() => Err(timeline_ended(tl)),
+            _ = tl.cancelled().cancelled() => Err(ClientError::stream_end(shutdown, tl)),
         }
-    }
-}
-
-/// Why a stream ends when its timeline is cancelled (the server's own shutdown is
-/// checked first by the callers).
-fn timeline_ended(tl: &Timeline) -> ClientError {
-    if tl.is_broken() {
-        TimelineError::Broken(tl.ttid).into()
-    } else {
-        TimelineError::ShuttingDown(tl.ttid).into()
     }
 }
 

@@ -13,7 +13,9 @@
 //! Owns: [`Input`], [`ReplyTo`], the loop. Must never: run twice at once for a timeline,
 //! or leave a connection owed an answer when the inbox is empty.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
@@ -146,7 +148,7 @@ impl Timeline {
     fn ingest_pass(self: &Arc<Self>) -> Option<FileFlush> {
         let started = Instant::now();
         let mut core = self.lock_core();
-        let mut batch = std::collections::VecDeque::new();
+        let mut batch = VecDeque::new();
         loop {
             {
                 let mut inbox = self.lock_inbox();
@@ -165,22 +167,9 @@ impl Timeline {
                         // Group commit overlapping the next writes. (Not under the inbox
                         // lock: beginning writes out the batch.)
                         drop(inbox);
-                        match self.start_flush(&mut core) {
-                            Ok(Some(flush)) => {
-                                let mut inbox = self.lock_inbox();
-                                if inbox.queue.is_empty() {
-                                    inbox.running = false;
-                                } else {
-                                    // Input came meanwhile: another pass steps it while
-                                    // this thread syncs.
-                                    drop(inbox);
-                                    drop(core);
-                                    self.schedule();
-                                }
-                                return Some(flush);
-                            }
-                            Ok(None) => {}
-                            Err(e) => self.deliver(&mut core, Err(e), None),
+                        match self.hand_off_flush(core, &mut batch) {
+                            ControlFlow::Break(flush) => return Some(flush),
+                            ControlFlow::Continue(c) => core = c,
                         }
                         continue;
                     }
@@ -201,21 +190,9 @@ impl Timeline {
                     // not wait for it. Flush what is written now while the rest of the
                     // batch (and what follows) is written on another thread, so its
                     // commits flow instead of waiting for its window to fill.
-                    match self.start_flush(&mut core) {
-                        Ok(Some(flush)) => {
-                            // The rest of the batch goes back in front of the inbox.
-                            let mut inbox = self.lock_inbox();
-                            while let Some(input) = batch.pop_back() {
-                                inbox.queue.push_front(input);
-                            }
-                            drop(inbox);
-                            drop(core);
-                            // Still marked running: the next pass takes over the inbox.
-                            self.schedule();
-                            return Some(flush);
-                        }
-                        Ok(None) => {}
-                        Err(e) => self.deliver(&mut core, Err(e), None),
+                    match self.hand_off_flush(core, &mut batch) {
+                        ControlFlow::Break(flush) => return Some(flush),
+                        ControlFlow::Continue(c) => core = c,
                     }
                 }
             }
@@ -228,6 +205,40 @@ impl Timeline {
                 return None;
             }
         }
+    }
+
+    /// Begins a flush that overlaps the next writes and hands the loop on: `rest` (inputs
+    /// taken but not stepped) goes back in front of the inbox, and if anything is queued,
+    /// another pass steps it while this thread syncs; if nothing is, the loop is marked
+    /// not running (the flush's completion starts it again). `Break` with the flush to
+    /// run, the core released; `Continue` with the core when no flush began (nothing to
+    /// flush, or beginning failed: that error is delivered).
+    fn hand_off_flush<'a>(
+        self: &Arc<Self>,
+        mut core: MutexGuard<'a, Core>,
+        rest: &mut VecDeque<Input>,
+    ) -> ControlFlow<FileFlush, MutexGuard<'a, Core>> {
+        let flush = match self.start_flush(&mut core) {
+            Ok(Some(flush)) => flush,
+            Ok(None) => return ControlFlow::Continue(core),
+            Err(e) => {
+                self.deliver(&mut core, Err(e), None);
+                return ControlFlow::Continue(core);
+            }
+        };
+        let mut inbox = self.lock_inbox();
+        while let Some(input) = rest.pop_back() {
+            inbox.queue.push_front(input);
+        }
+        if inbox.queue.is_empty() {
+            inbox.running = false;
+            return ControlFlow::Break(flush);
+        }
+        drop(inbox);
+        drop(core);
+        // Still marked running: the next pass takes over the inbox.
+        self.schedule();
+        ControlFlow::Break(flush)
     }
 
     /// Begins a flush that overlaps the next writes, counted in the metrics.
@@ -263,14 +274,6 @@ impl Timeline {
             Input::Propose { conn, msg, permit } => {
                 if !core.reply_to.contains_key(&conn) {
                     return; // refused earlier; the rest of its input is dropped
-                }
-                if core.exec.flush_in_flight() && !matches!(msg, ProposerMessage::AppendRequest(_))
-                {
-                    // Only appends are stepped while a flush runs: finish it first, and
-                    // send its answers before this message can change what they claim
-                    // (a ProposerElected may cut the WAL they report).
-                    let r = core.exec.finish_flush();
-                    self.deliver(core, r, None);
                 }
                 // A ProposerElected may cut or replace WAL: term-mode readers must not
                 // read while it does, nor before its status (the new end) is published.

@@ -51,7 +51,29 @@ pub struct TimelineStatus {
 impl TimelineStatus {
     /// The status of `a` now.
     pub fn of(a: &Acceptor, broken: bool) -> Self {
+        Self::build(a, broken, None)
+    }
+
+    /// Updates `self` to the status of `a`; true if anything changed. The history and
+    /// configuration are copied only when they differ (they rarely do).
+    pub fn refresh(&mut self, a: &Acceptor, broken: bool) -> bool {
+        let next = Self::build(a, broken, Some(self));
+        let changed = next != *self;
+        *self = next;
+        changed
+    }
+
+    /// The status of `a`, sharing `prev`'s history and configuration when they are equal.
+    fn build(a: &Acceptor, broken: bool, prev: Option<&Self>) -> Self {
         let s = a.state();
+        let term_history = match prev {
+            Some(p) if *p.term_history == s.term_history => p.term_history.clone(),
+            _ => Arc::new(s.term_history.clone()),
+        };
+        let mconf = match prev {
+            Some(p) if *p.mconf == s.mconf => p.mconf.clone(),
+            _ => Arc::new(s.mconf.clone()),
+        };
         TimelineStatus {
             term: a.term(),
             last_log_term: a.last_log_term(),
@@ -63,63 +85,10 @@ impl TimelineStatus {
             peer_horizon_lsn: s.peer_horizon_lsn,
             remote_consistent_lsn: s.remote_consistent_lsn,
             server: s.server,
-            term_history: Arc::new(s.term_history.clone()),
-            mconf: Arc::new(s.mconf.clone()),
+            term_history,
+            mconf,
             broken,
         }
-    }
-
-    /// Updates `self` to the status of `a`; true if anything changed. The history and
-    /// configuration are copied only when they differ (they rarely do).
-    pub fn refresh(&mut self, a: &Acceptor, broken: bool) -> bool {
-        let s = a.state();
-        let before = (
-            self.term,
-            self.last_log_term,
-            self.flush_lsn,
-            self.commit_lsn,
-            self.timeline_start_lsn,
-            self.local_start_lsn,
-            self.backup_lsn,
-            self.peer_horizon_lsn,
-            self.remote_consistent_lsn,
-            self.server,
-            self.broken,
-        );
-        self.term = a.term();
-        self.last_log_term = a.last_log_term();
-        self.flush_lsn = a.flush_lsn();
-        self.commit_lsn = a.commit_lsn();
-        self.timeline_start_lsn = s.timeline_start_lsn;
-        self.local_start_lsn = s.local_start_lsn;
-        self.backup_lsn = s.backup_lsn;
-        self.peer_horizon_lsn = s.peer_horizon_lsn;
-        self.remote_consistent_lsn = s.remote_consistent_lsn;
-        self.server = s.server;
-        self.broken = broken;
-        let mut changed = before
-            != (
-                self.term,
-                self.last_log_term,
-                self.flush_lsn,
-                self.commit_lsn,
-                self.timeline_start_lsn,
-                self.local_start_lsn,
-                self.backup_lsn,
-                self.peer_horizon_lsn,
-                self.remote_consistent_lsn,
-                self.server,
-                self.broken,
-            );
-        if *self.term_history != s.term_history {
-            self.term_history = Arc::new(s.term_history.clone());
-            changed = true;
-        }
-        if *self.mconf != s.mconf {
-            self.mconf = Arc::new(s.mconf.clone());
-            changed = true;
-        }
-        changed
     }
 
     /// The first LSN this safekeeper can serve: the start of the segment holding the first

@@ -325,16 +325,14 @@ impl Timelines {
                 match map.get(&ttid) {
                     None => return Ok(false),
                     Some(Entry::Creating(rx)) | Some(Entry::Deleting(rx)) => (rx.clone(), false),
-                    Some(Entry::Active(tl)) => {
-                        let tl = Some(tl.clone());
+                    Some(entry) => {
+                        // Active (shut down first) or unavailable (files only).
+                        let tl = match entry {
+                            Entry::Active(tl) => Some(tl.clone()),
+                            _ => None,
+                        };
                         let rx = self.transition(&mut map, ttid, Entry::Deleting, move |me, tx| {
                             me.remove(ttid, tl, tx)
-                        });
-                        (rx, true)
-                    }
-                    Some(Entry::Unavailable { .. }) => {
-                        let rx = self.transition(&mut map, ttid, Entry::Deleting, move |me, tx| {
-                            me.remove(ttid, None, tx)
                         });
                         (rx, true)
                     }

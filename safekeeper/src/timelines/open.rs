@@ -35,11 +35,11 @@ impl Timelines {
         ttid: TenantTimelineId,
     ) -> Result<Executor<FileStorage>, OpenError> {
         let dir = self.timeline_dir(&ttid);
-        // The segment size is needed before the storage can be made; the restart path
-        // reads (and checks) the control file again through the storage.
+        // The segment size is needed before the storage can be made: the control file is
+        // read once, here, and the restart path goes on from it.
         let state = FileStorage::read_control(&ttid, &dir, self.conf.hook.as_ref())?;
         let storage = self.storage(ttid, state.server.wal_seg_size);
-        Executor::open(storage, ttid, self.conf.node_id)
+        Executor::recover(storage, state, ttid, self.conf.node_id)
     }
 
     /// Creates a timeline's directory (atomically, see [`layout::create`]) and an executor

@@ -276,16 +276,9 @@ impl WalStorage {
 
     /// Makes everything written durable.
     pub fn flush(&mut self) -> io::Result<()> {
-        self.write_batch()?;
-        if let Some(segno) = self.unsynced {
-            // Closed for the budget since it was written: open it again to sync it.
-            self.segment_for_write(segno)?;
-        }
-        if let Some(seg) = self.current.as_mut()
-            && seg.dirty
-        {
-            self.sync.fdatasync(&seg.file, &seg.path);
-            seg.dirty = false;
+        let sync = self.sync;
+        if let Some(seg) = self.write_out()? {
+            sync.fdatasync(&seg.file, &seg.path);
         }
         Ok(())
     }
@@ -296,14 +289,24 @@ impl WalStorage {
     /// here on; the caller must not report anything durable before that fdatasync returned
     /// (and must let it return before any other flush or a truncation).
     pub fn begin_flush(&mut self) -> io::Result<Option<(Arc<File>, PathBuf)>> {
+        Ok(self
+            .write_out()?
+            .map(|seg| (seg.file.clone(), seg.path.clone())))
+    }
+
+    /// The first half of both flushes: writes out what is batched and returns the segment
+    /// being written if it has bytes not yet fdatasynced, marking it synced (the caller
+    /// fdatasyncs it before anything counts as durable).
+    fn write_out(&mut self) -> io::Result<Option<&OpenSegment>> {
         self.write_batch()?;
         if let Some(segno) = self.unsynced {
+            // Closed for the budget since it was written: open it again to sync it.
             self.segment_for_write(segno)?;
         }
         Ok(match self.current.as_mut() {
             Some(seg) if seg.dirty => {
                 seg.dirty = false;
-                Some((seg.file.clone(), seg.path.clone()))
+                Some(&*seg)
             }
             _ => None,
         })

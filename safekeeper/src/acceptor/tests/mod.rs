@@ -49,16 +49,7 @@ pub(super) fn hist(entries: &[(u64, Lsn)]) -> TermHistory {
 /// `n` valid records of `size` bytes each starting at `start`; returns the bytes and the
 /// end of every record.
 pub(super) fn wal(start: Lsn, n: usize, size: usize) -> (Bytes, Vec<Lsn>) {
-    let mut g = WalGenerator::new(start, 42, SEG, 15).unwrap();
-    let mut out = BytesMut::new();
-    let ends = (0..n)
-        .map(|_| {
-            g.append_logical_message("t", &vec![7u8; size], &mut out)
-                .unwrap()
-                .end_lsn
-        })
-        .collect();
-    (out.freeze(), ends)
+    crate::test_wal::records(start, SEG, n, size)
 }
 
 pub(super) fn vote(a: &mut Acceptor, term: u64) -> Output {
