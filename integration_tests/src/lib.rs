@@ -1,8 +1,9 @@
 //! Shared harness for the integration tests: a throwaway PostgreSQL 15 cluster ([`pg`]) and
 //! helpers to run Postgres tools such as `pg_waldump` ([`pg_tools`]); safekeeper processes
 //! ([`sk`]) and a server in the test process with a fault hook on its storage
-//! ([`in_process`]); and the seeded, in-process simulation of proposer + acceptors
-//! ([`sim`]).
+//! ([`in_process`]); the seeded, in-process simulation of proposer + acceptors
+//! ([`sim`]); and an S3-protocol server on loopback with a fresh bucket per test ([`s3`]) and
+//! a TCP proxy that can take it "down" or cut uploads midway ([`proxy`]).
 //!
 //! Owns: processes and temp directories of tests. Must never: be used outside tests, or
 //! leave a process or directory behind (everything is released on drop).
@@ -10,7 +11,11 @@
 pub mod in_process;
 pub mod pg;
 pub mod pg_tools;
+/// A TCP proxy with switchable faults (pass, refuse, cut after N bytes).
+pub mod proxy;
 pub mod real_wal;
+/// A fresh bucket on a loopback `moto_server`, its environment and an `ObjectStore` on it.
+pub mod s3;
 pub mod sim;
 pub mod sk;
 pub mod test_proposer;

@@ -96,6 +96,12 @@ impl Safekeeper {
         format!("127.0.0.1:{}", self.pg_port)
     }
 
+    /// `<id>@127.0.0.1:<pg port>`: its entry in `walproposer --safekeepers` when the
+    /// proposer is to send a membership configuration.
+    pub fn member(&self) -> String {
+        format!("{}@{}", self.id, self.addr())
+    }
+
     /// The data directory.
     pub fn datadir(&self) -> &Path {
         &self.datadir

@@ -14,6 +14,7 @@ use utils::NodeId;
 
 use crate::durability::SyncMode;
 use crate::metrics::Metrics;
+use crate::offload::OffloadConf;
 use crate::storage::StorageHook;
 use crate::timelines::Timelines;
 
@@ -42,6 +43,8 @@ pub struct Config {
     /// How often a timeline with a membership configuration asks its peers for their
     /// positions (the peers' horizon); `None`: never.
     pub peer_status_interval: Option<Duration>,
+    /// WAL offload to remote storage (`None`: off, and local WAL is never removed).
+    pub offload: Option<OffloadConf>,
     /// A hook in front of every storage operation, for tests (`None` in production).
     pub storage_hook: Option<Arc<dyn StorageHook>>,
 }
@@ -59,6 +62,7 @@ impl Config {
             sender_threads: 2,
             max_open_segments: 10_000,
             peer_status_interval: Some(Duration::from_secs(10)),
+            offload: None,
             storage_hook: None,
         }
     }
@@ -76,6 +80,7 @@ impl std::fmt::Debug for Config {
             .field("sender_threads", &self.sender_threads)
             .field("max_open_segments", &self.max_open_segments)
             .field("peer_status_interval", &self.peer_status_interval)
+            .field("offload", &self.offload)
             .field("storage_hook", &self.storage_hook.is_some())
             .finish()
     }

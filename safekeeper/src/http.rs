@@ -94,5 +94,6 @@ async fn timeline(
         "wal_seg_size": s.server.wal_seg_size,
         "computes": tl.computes(),
         "readers": tl.feedback.readers().len(),
+        "offload": tl.offload().map(|_| tl.offload_state()),
     })))
 }

@@ -43,6 +43,35 @@ pub struct LoadLabels {
     pub reason: LoadReason,
 }
 
+/// How an offload attempt of one segment ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum BackupOutcome {
+    /// Stored now.
+    Uploaded,
+    /// Already in the store.
+    Exists,
+    /// Failed (retried with backoff).
+    Error,
+}
+
+impl EncodeLabelValue for BackupOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            BackupOutcome::Uploaded => "uploaded",
+            BackupOutcome::Exists => "exists",
+            BackupOutcome::Error => "error",
+        })
+    }
+}
+
+/// Labels of the backup counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackupLabels {
+    /// How it ended.
+    pub outcome: BackupOutcome,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -58,6 +87,22 @@ pub struct Metrics {
     pub proposer_connections: Gauge,
     /// WAL senders streaming now.
     pub sender_streams: Gauge,
+    /// Complete segments offloaded, by outcome.
+    pub backup_segments: Family<BackupLabels, Counter>,
+    /// Bytes written to remote storage by uploads (compressed size).
+    pub backup_bytes: Counter,
+    /// Seconds per segment upload (read, compress, store).
+    pub backup_seconds: Histogram,
+    /// Complete segments waiting for offload, over all timelines.
+    pub backup_backlog_segments: Gauge,
+    /// Partial segments uploaded.
+    pub backup_partial_uploads: Counter,
+    /// Segments that could be backed up from nowhere (neither local nor in the store).
+    pub backup_gaps: Counter,
+    /// Local segments removed after offload.
+    pub removed_segments: Counter,
+    /// Segments fetched from remote storage for readers.
+    pub archive_downloads: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,8 +159,65 @@ impl Metrics {
             "Replication streams sending WAL out",
             sender_streams.clone(),
         );
+        let backup_segments = Family::<BackupLabels, Counter>::default();
+        registry.register(
+            "backup_segments",
+            "Complete WAL segments offloaded to remote storage, by outcome",
+            backup_segments.clone(),
+        );
+        let backup_bytes = Counter::default();
+        registry.register(
+            "backup_bytes",
+            "Bytes written to remote storage by segment uploads",
+            backup_bytes.clone(),
+        );
+        // 10 ms to ~80 s.
+        let backup_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "backup_seconds",
+            "Duration of one segment upload (read, compress, store)",
+            backup_seconds.clone(),
+        );
+        let backup_backlog_segments = Gauge::default();
+        registry.register(
+            "backup_backlog_segments",
+            "Complete WAL segments waiting for offload, over all timelines",
+            backup_backlog_segments.clone(),
+        );
+        let backup_partial_uploads = Counter::default();
+        registry.register(
+            "backup_partial_uploads",
+            "Partial WAL segments uploaded after a quiet period",
+            backup_partial_uploads.clone(),
+        );
+        let backup_gaps = Counter::default();
+        registry.register(
+            "backup_gaps",
+            "WAL segments that were neither on local disk nor in remote storage when due",
+            backup_gaps.clone(),
+        );
+        let removed_segments = Counter::default();
+        registry.register(
+            "removed_segments",
+            "Local WAL segments removed after offload",
+            removed_segments.clone(),
+        );
+        let archive_downloads = Counter::default();
+        registry.register(
+            "archive_downloads",
+            "WAL segments downloaded from remote storage for readers",
+            archive_downloads.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            backup_segments,
+            backup_bytes,
+            backup_seconds,
+            backup_backlog_segments,
+            backup_partial_uploads,
+            backup_gaps,
+            removed_segments,
+            archive_downloads,
             timeline_loads,
             ingest_flushes,
             ingest_flush_seconds,
@@ -136,6 +238,20 @@ impl Metrics {
     pub fn timeline_loads(&self, reason: LoadReason) -> u64 {
         self.timeline_loads
             .get_or_create(&LoadLabels { reason })
+            .get()
+    }
+
+    /// Counts an offload attempt of a complete segment.
+    pub fn backup(&self, outcome: BackupOutcome) {
+        self.backup_segments
+            .get_or_create(&BackupLabels { outcome })
+            .inc();
+    }
+
+    /// Offload attempts so far that ended with `outcome`.
+    pub fn backups(&self, outcome: BackupOutcome) -> u64 {
+        self.backup_segments
+            .get_or_create(&BackupLabels { outcome })
             .get()
     }
 

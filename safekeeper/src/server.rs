@@ -29,6 +29,7 @@ use crate::disk_pool::DiskPool;
 use crate::errors::ClientError;
 use crate::handler;
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 use crate::timeline::TimelineCtx;
 use crate::timelines::{RegistryConfig, Timelines};
 use crate::wal_storage::OpenSegments;
@@ -52,6 +53,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// Remote storage (`--remote-storage`) cannot be used.
+    #[error("{0}")]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 /// A started server (the data directory is locked and its timelines loaded).
@@ -110,12 +114,17 @@ impl Server {
             hook: conf.storage_hook.clone(),
             open_segments: OpenSegments::new(conf.max_open_segments),
         };
+        let offload = match &conf.offload {
+            Some(oc) => Some(Offload::open(oc.clone(), &conf.datadir, metrics.clone())?),
+            None => None,
+        };
         let tl_ctx = TimelineCtx {
             node_id: conf.id,
             peer_status_interval: conf.peer_status_interval,
             wal_pool: wal_pool.clone(),
             read_pool: read_pool.clone(),
             metrics: metrics.clone(),
+            offload,
         };
         let timelines = Timelines::load(registry, tl_ctx, shutdown.clone())
             .await

@@ -29,6 +29,7 @@ use utils::xlog::{DecoderConfig, WalStreamDecoder};
 use utils::{Lsn, TenantId, TimelineId};
 
 use crate::driver::Driver;
+use crate::members;
 use crate::proposer::{Config, Output};
 
 /// Flags of `walproposer bridge`.
@@ -38,10 +39,15 @@ pub struct BridgeArgs {
     /// connects in physical replication mode.
     #[arg(long, value_name = "CONNINFO")]
     pub primary: String,
-    /// The safekeepers, `host:port` separated by commas.
+    /// The safekeepers, `host:port` or `ID@host:port` separated by commas.
+    ///
+    /// With ids (all or none; distinct and positive, e.g. `1@sk1:5454,2@sk2:5454,3@sk3:5454`),
+    /// the proposer sends a membership configuration of generation 1: the safekeepers then
+    /// know their peers, which WAL offload needs to choose one offloader. Ids need
+    /// `--protocol 3`.
     #[arg(
         long,
-        value_name = "H:P,H:P,H:P",
+        value_name = "[ID@]H:P,...",
         value_delimiter = ',',
         required = true
     )]
@@ -216,6 +222,14 @@ async fn first_record_boundary(ci: &Conninfo, p: &Primary, lsn: Lsn) -> anyhow::
 
 /// Runs the bridge until it is stopped or loses its term.
 pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
+    // The safekeeper list first: a bad one is refused before anything connects.
+    let sks = members::parse_safekeepers(&a.safekeepers).context("invalid --safekeepers")?;
+    let protocol = if a.protocol == 2 {
+        ProtocolVersion::V2
+    } else {
+        ProtocolVersion::V3
+    };
+    members::check_protocol(&sks.mconf, protocol)?;
     let ci = replication_conninfo(&a)?;
     let mut conn = connect_primary(&ci).await;
     let primary = identify(&mut conn).await?;
@@ -229,17 +243,14 @@ pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
     let restart_lsn = ensure_slot(&mut conn, &a.slot).await?;
     drop(conn);
     let timeline_start = first_record_boundary(&ci, &primary, restart_lsn).await?;
-    let mut conf = Config::new(tenant_id, timeline_id, a.safekeepers.len());
+    let mut conf = Config::new(tenant_id, timeline_id, sks.addrs.len());
     conf.pg_version = primary.pg_version;
     conf.system_id = primary.system_id;
     conf.wal_seg_size = primary.seg_size;
     conf.timeline_start_lsn = timeline_start;
-    conf.protocol = if a.protocol == 2 {
-        ProtocolVersion::V2
-    } else {
-        ProtocolVersion::V3
-    };
-    let mut d = Driver::new(conf, a.safekeepers.clone());
+    conf.protocol = protocol;
+    conf.mconf = sks.mconf;
+    let mut d = Driver::new(conf, sks.addrs);
     let (term, term_start) = d.wait_elected().await?;
     println!("bridge: elected in term {term}; the quorum's WAL continues at {term_start}");
     if term_start > primary.flush_lsn {

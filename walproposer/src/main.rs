@@ -8,6 +8,7 @@ use pq_proto::proposer::ProtocolVersion;
 use utils::{Lsn, TenantId, TimelineId};
 use walproposer::driver::Driver;
 use walproposer::generate::{self, GenerateOptions};
+use walproposer::members;
 use walproposer::proposer::{Config, Mode, Output};
 
 /// The proposer for a safekeeper quorum: elects a term on a majority of safekeepers and
@@ -36,10 +37,16 @@ enum Command {
 /// Where the quorum is and which timeline.
 #[derive(Args, Debug, Clone)]
 struct Target {
-    /// The safekeepers, `host:port` separated by commas (an odd number, usually 3).
+    /// The safekeepers, `host:port` or `ID@host:port` separated by commas (an odd number,
+    /// usually 3).
+    ///
+    /// With ids (all or none; distinct and positive, e.g. `1@sk1:5454,2@sk2:5454,3@sk3:5454`),
+    /// the proposer sends a membership configuration of generation 1: the safekeepers then
+    /// know their peers, which WAL offload needs to choose one offloader. Ids need
+    /// `--protocol 3`.
     #[arg(
         long,
-        value_name = "H:P,H:P,H:P",
+        value_name = "[ID@]H:P,...",
         value_delimiter = ',',
         required = true
     )]
@@ -56,14 +63,19 @@ struct Target {
 }
 
 impl Target {
-    fn config(&self) -> Config {
-        let mut c = Config::new(self.tenant_id, self.timeline_id, self.safekeepers.len());
+    /// The proposer's settings and the addresses to connect to; refuses a bad
+    /// `--safekeepers` list (or ids with protocol v2) before anything connects.
+    fn config(&self) -> anyhow::Result<(Config, Vec<String>)> {
+        let sks = members::parse_safekeepers(&self.safekeepers).context("invalid --safekeepers")?;
+        let mut c = Config::new(self.tenant_id, self.timeline_id, sks.addrs.len());
         c.protocol = if self.protocol == 2 {
             ProtocolVersion::V2
         } else {
             ProtocolVersion::V3
         };
-        c
+        members::check_protocol(&sks.mconf, c.protocol)?;
+        c.mconf = sks.mconf;
+        Ok((c, sks.addrs))
     }
 }
 
@@ -180,9 +192,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn sync(a: SyncArgs) -> anyhow::Result<()> {
-    let mut conf = a.target.config();
+    let (mut conf, addrs) = a.target.config()?;
     conf.mode = Mode::Sync;
-    let mut d = Driver::new(conf, a.target.safekeepers.clone());
+    let mut d = Driver::new(conf, addrs.clone());
     let deadline = tokio::time::sleep(Duration::from_secs(a.timeout));
     tokio::pin!(deadline);
     loop {
@@ -190,7 +202,7 @@ async fn sync(a: SyncArgs) -> anyhow::Result<()> {
             _ = &mut deadline => bail!(
                 "no quorum synced within {} s (are a majority of {} reachable?)",
                 a.timeout,
-                a.target.safekeepers.join(",")
+                addrs.join(",")
             ),
             o = d.next() => match o {
                 Output::Synced(lsn) => {
@@ -210,7 +222,7 @@ async fn sync(a: SyncArgs) -> anyhow::Result<()> {
 }
 
 async fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
-    let mut conf = a.target.config();
+    let (mut conf, addrs) = a.target.config()?;
     conf.pg_version = a.pg_version;
     conf.system_id = a.system_id.unwrap_or_else(|| derived_system_id(&a.target));
     conf.timeline_start_lsn = a.start_lsn;
@@ -228,7 +240,7 @@ async fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
         },
         final_wait: Duration::from_secs(10),
     };
-    let report = generate::run(conf, a.target.safekeepers.clone(), opts).await?;
+    let report = generate::run(conf, addrs, opts).await?;
     println!("{report}");
     Ok(())
 }
@@ -292,6 +304,52 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    fn sync_target(safekeepers: &str, protocol: &str) -> Target {
+        let cli = Cli::try_parse_from([
+            "walproposer",
+            "sync",
+            "--safekeepers",
+            safekeepers,
+            "--tenant-id",
+            "00000000000000000000000000000001",
+            "--timeline-id",
+            "00000000000000000000000000000002",
+            "--protocol",
+            protocol,
+        ])
+        .unwrap();
+        let Command::Sync(s) = cli.command else {
+            panic!("not sync")
+        };
+        s.target
+    }
+
+    #[test]
+    fn safekeeper_ids_make_a_membership_configuration() {
+        let (c, addrs) = sync_target("1@127.0.0.1:5454,2@127.0.0.1:5455,3@h:5456", "3")
+            .config()
+            .unwrap();
+        assert_eq!(addrs, ["127.0.0.1:5454", "127.0.0.1:5455", "h:5456"]);
+        assert_eq!(c.n_safekeepers, 3);
+        assert_eq!(c.mconf.generation.0, 1);
+        let ids: Vec<u64> = c.mconf.members.iter().map(|m| m.id.0).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        // Without ids: as before.
+        let (c, addrs) = sync_target("127.0.0.1:5454,127.0.0.1:5455", "2")
+            .config()
+            .unwrap();
+        assert_eq!(addrs, ["127.0.0.1:5454", "127.0.0.1:5455"]);
+        assert_eq!(c.mconf, pq_proto::proposer::Configuration::empty());
+        // Refused with a message, not a panic.
+        let err =
+            |sks: &str, proto: &str| format!("{:#}", sync_target(sks, proto).config().unwrap_err());
+        assert!(err("1@a:1,2@b:2,3@c:3", "2").contains("need protocol v3"));
+        assert!(err("1@a:1,b:2", "3").contains("ID@host:port"));
+        assert!(err("1@a:1,1@b:2", "3").contains("given twice"));
+        assert!(err("0@a:1", "3").contains("positive integer"));
+        assert!(err("1@a:99999", "3").contains("1..=65535"));
     }
 
     #[test]

@@ -12,7 +12,20 @@
 
 use utils::Lsn;
 
-use crate::state::TimelineState;
+/// The positions that hold claims on local WAL, as a timeline's status shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// WAL below it is in remote storage.
+    pub backup_lsn: Lsn,
+    /// Every peer holds WAL below it.
+    pub peer_horizon_lsn: Lsn,
+    /// The pageserver made WAL below it durable remotely.
+    pub remote_consistent_lsn: Lsn,
+    /// WAL below it is committed.
+    pub commit_lsn: Lsn,
+    /// The WAL segment size.
+    pub seg_size: u32,
+}
 
 /// The circumstances of a timeline that the rule depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,7 +40,7 @@ pub struct RemovalPolicy {
 
 /// The start of the oldest segment that must stay: every segment wholly below the returned
 /// LSN may be removed. `Lsn(0)` means nothing may be removed.
-pub fn removal_horizon(state: &TimelineState, flush_lsn: Lsn, policy: &RemovalPolicy) -> Lsn {
+pub fn removal_horizon(state: &Claims, flush_lsn: Lsn, policy: &RemovalPolicy) -> Lsn {
     if !policy.offload {
         return Lsn::INVALID;
     }
@@ -40,7 +53,7 @@ pub fn removal_horizon(state: &TimelineState, flush_lsn: Lsn, policy: &RemovalPo
         h = h.min(state.remote_consistent_lsn);
     }
     h = h.min(Lsn(flush_lsn.0.saturating_sub(policy.retention)));
-    let seg_size = state.server.wal_seg_size;
+    let seg_size = state.seg_size;
     if seg_size == 0 {
         return Lsn::INVALID;
     }
@@ -49,27 +62,18 @@ pub fn removal_horizon(state: &TimelineState, flush_lsn: Lsn, policy: &RemovalPo
 
 #[cfg(test)]
 mod tests {
-    use utils::{TenantId, TenantTimelineId, TimelineId};
-
     use super::*;
-    use crate::state::ServerInfo;
 
     const SEG: u64 = 16 << 20;
 
-    fn state(backup: u64, peers: u64, remote: u64, commit: u64) -> TimelineState {
-        let mut s = TimelineState::new(
-            TenantTimelineId::new(TenantId([1; 16]), TimelineId([2; 16])),
-            ServerInfo {
-                pg_version: 150004,
-                system_id: 1,
-                wal_seg_size: SEG as u32,
-            },
-        );
-        s.backup_lsn = Lsn(backup);
-        s.peer_horizon_lsn = Lsn(peers);
-        s.remote_consistent_lsn = Lsn(remote);
-        s.commit_lsn = Lsn(commit);
-        s
+    fn state(backup: u64, peers: u64, remote: u64, commit: u64) -> Claims {
+        Claims {
+            backup_lsn: Lsn(backup),
+            peer_horizon_lsn: Lsn(peers),
+            remote_consistent_lsn: Lsn(remote),
+            commit_lsn: Lsn(commit),
+            seg_size: SEG as u32,
+        }
     }
 
     fn on(pageserver: bool) -> RemovalPolicy {

@@ -28,7 +28,7 @@ mod progress;
 mod tests;
 
 pub use error::AcceptorError;
-pub use horizon::{RemovalPolicy, removal_horizon};
+pub use horizon::{Claims, RemovalPolicy, removal_horizon};
 pub use progress::Progress;
 
 use bytes::Bytes;

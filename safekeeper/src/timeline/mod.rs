@@ -32,7 +32,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use utils::{NodeId, TenantTimelineId};
 
 pub use ingest::{Input, ReplyTo};
-pub use peers::PEER_STATUS_APP;
+pub use peers::{PEER_STATUS_APP, PeerBoard, PeerPosition};
 pub use status::TimelineStatus;
 
 use crate::disk_pool::DiskPool;
@@ -40,6 +40,7 @@ use crate::feedback::Feedback;
 pub use crate::ingest::TimelineError;
 use crate::ingest::{ConnId, Executor};
 use crate::metrics::Metrics;
+use crate::offload::{Offload, OffloadState};
 use crate::storage::FileStorage;
 
 /// How often an idle timeline persists lazily kept state that moved.
@@ -73,6 +74,8 @@ pub struct TimelineCtx {
     pub read_pool: DiskPool,
     /// The server's metrics.
     pub metrics: Arc<Metrics>,
+    /// WAL offload to remote storage (`None`: not configured; WAL is then never removed).
+    pub offload: Option<Arc<Offload>>,
 }
 
 /// One timeline in memory.
@@ -95,6 +98,10 @@ pub struct Timeline {
     pub feedback: Feedback,
     computes: AtomicUsize,
     next_conn: AtomicU64,
+    /// What the peers said in the last status round.
+    peers: Mutex<PeerBoard>,
+    /// What the offload task shows.
+    offload_state: Mutex<OffloadState>,
 }
 
 impl Timeline {
@@ -127,9 +134,14 @@ impl Timeline {
             feedback: Feedback::default(),
             computes: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            peers: Mutex::new(PeerBoard::default()),
+            offload_state: Mutex::new(OffloadState::default()),
         });
         tl.start_checkpoints();
         tl.start_peer_status(tl.ctx.peer_status_interval);
+        if let Some(off) = tl.ctx.offload.clone() {
+            crate::offload::task::start(&tl, off);
+        }
         tl
     }
 
@@ -189,6 +201,34 @@ impl Timeline {
     /// Where senders read WAL that is not cached.
     pub fn read_pool(&self) -> &DiskPool {
         &self.ctx.read_pool
+    }
+
+    /// Where the timeline's disk work runs.
+    pub fn wal_pool(&self) -> &DiskPool {
+        &self.ctx.wal_pool
+    }
+
+    /// This safekeeper's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.ctx.node_id
+    }
+
+    /// WAL offload, if configured.
+    pub fn offload(&self) -> Option<&Arc<Offload>> {
+        self.ctx.offload.as_ref()
+    }
+
+    /// What the offload task shows (the default when offload is off).
+    pub fn offload_state(&self) -> OffloadState {
+        self.offload_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes what the offload task shows.
+    pub fn update_offload_state(&self, f: impl FnOnce(&mut OffloadState)) {
+        f(&mut self.offload_state.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// A new id for a proposer connection.

@@ -56,6 +56,11 @@ pub struct Config {
     pub protocol: ProtocolVersion,
     /// Number of safekeepers.
     pub n_safekeepers: usize,
+    /// The membership configuration sent in every greeting; its generation is carried by
+    /// every v3 message. Either empty (generation 0: safekeepers check no membership) or
+    /// naming the `n_safekeepers` safekeepers in index order. v2 carries none: keep it
+    /// empty there (see [`crate::members::check_protocol`]).
+    pub mconf: Configuration,
     /// Where a brand-new timeline starts (a record boundary of the source's WAL).
     pub timeline_start_lsn: Lsn,
     /// Stream or sync.
@@ -87,6 +92,7 @@ impl Config {
             wal_seg_size: 16 * 1024 * 1024,
             protocol: ProtocolVersion::V3,
             n_safekeepers,
+            mconf: Configuration::empty(),
             timeline_start_lsn: Lsn::INVALID,
             mode: Mode::Stream,
             max_append: MAX_SEND_SIZE,
@@ -389,7 +395,7 @@ impl Proposer {
         let g = ProposerGreeting {
             tenant_id: self.conf.tenant_id,
             timeline_id: self.conf.timeline_id,
-            mconf: Configuration::empty(),
+            mconf: self.conf.mconf.clone(),
             pg_version: self.conf.pg_version,
             system_id: self.conf.system_id,
             wal_seg_size: self.conf.wal_seg_size,
@@ -442,7 +448,9 @@ impl Proposer {
         self.outputs.push_back(Output::SteppedDown { term, reason });
     }
 
+    /// The generation every v3 message carries: the configured one (a safekeeper refuses
+    /// messages of a generation other than its own).
     pub(super) fn generation(&self) -> Generation {
-        Generation(0)
+        self.conf.mconf.generation
     }
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use pq_proto::proposer::{
     AcceptorGreeting, AcceptorMessage, AppendResponse, Configuration, Generation, ProposerMessage,
-    VoteResponse,
+    SafekeeperId, VoteResponse,
 };
 use utils::{Lsn, NodeId, TenantId, Term, TermHistory, TermLsn, TimelineId};
 
@@ -306,4 +306,95 @@ fn sync_reports_the_term_start_once_everyone_committed_it() {
         p.handle(0, Input::Message(sk, ack(2, 0x700, 0x700)));
     }
     assert!(p.drain_outputs().contains(&Output::Synced(Lsn(0x700))));
+}
+
+#[test]
+fn greets_with_the_configured_membership_and_every_message_carries_its_generation() {
+    // What `--safekeepers 1@…,2@…,3@…` configures.
+    let mconf = Configuration {
+        generation: Generation(1),
+        members: (1..=3)
+            .map(|i| SafekeeperId {
+                id: NodeId(i),
+                host: "127.0.0.1".into(),
+                pg_port: 5453 + i as u16,
+            })
+            .collect(),
+        new_members: None,
+    };
+    let mut c = conf();
+    c.mconf = mconf.clone();
+    let mut p = Proposer::new(c);
+    p.drain_outputs();
+    let mut out = Vec::new();
+    for sk in 0..3 {
+        p.handle(0, Input::Connected(sk));
+        out.extend(p.drain_outputs());
+        p.handle(
+            0,
+            Input::Message(
+                sk,
+                AcceptorMessage::Greeting(AcceptorGreeting {
+                    node_id: NodeId(sk as u64 + 1),
+                    mconf: mconf.clone(),
+                    term: Term(0),
+                }),
+            ),
+        );
+        out.extend(p.drain_outputs());
+    }
+    for sk in 0..3 {
+        let mut v = vote(1, true, 0, TermHistory::empty());
+        if let AcceptorMessage::VoteResponse(r) = &mut v {
+            r.generation = Generation(1);
+        }
+        p.handle(0, Input::Message(sk, v));
+        out.extend(p.drain_outputs());
+    }
+    p.append_wal(Lsn(0x100), Bytes::from(vec![7u8; 1024]))
+        .unwrap();
+    let append = p.poll_send(0, 0).expect("an AppendRequest");
+    let mut kinds = Vec::new();
+    for (_, m) in sent(&out).into_iter().chain([(0, &append)]) {
+        match m {
+            ProposerMessage::Greeting(g) => {
+                assert_eq!(g.mconf, mconf);
+                kinds.push("greeting");
+            }
+            ProposerMessage::VoteRequest(v) => {
+                assert_eq!(v.generation, Generation(1));
+                kinds.push("vote");
+            }
+            ProposerMessage::Elected(e) => {
+                assert_eq!(e.generation, Generation(1));
+                kinds.push("elected");
+            }
+            ProposerMessage::AppendRequest(a) => {
+                assert_eq!(a.h.generation, Generation(1));
+                kinds.push("append");
+            }
+        }
+    }
+    // The campaign starts once two have greeted, so the kinds interleave: count them.
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "append", "elected", "elected", "elected", "greeting", "greeting", "greeting", "vote",
+            "vote", "vote"
+        ]
+    );
+}
+
+#[test]
+fn greets_with_the_empty_configuration_by_default() {
+    let mut p = Proposer::new(conf());
+    p.drain_outputs();
+    p.handle(0, Input::Connected(0));
+    let out = p.drain_outputs();
+    let [Output::Send(0, ProposerMessage::Greeting(g))] = out.as_slice() else {
+        panic!("a greeting: {out:?}");
+    };
+    assert_eq!(g.mconf, Configuration::empty());
+    assert_eq!(p.generation(), Generation(0));
 }

@@ -1,0 +1,276 @@
+//! Remote storage of WAL: the object store behind `--remote-storage`, where each segment
+//! is kept and in what form. Used by the offloader (uploads), by WAL senders (segments
+//! removed locally are read back from here) and by the `archive` tools.
+//!
+//! Layout: `<prefix>/<tenant_id>/<timeline_id>/<WAL file name>.zst` for a complete
+//! segment compressed with zstd, `<WAL file name>` (+ `<WAL file name>.meta`) without
+//! compression; a partial segment is `<WAL file name>.partial.zst` (or `.partial` +
+//! `.partial.meta`) and is deleted once the complete segment is stored. See
+//! `docs/offload.md` and [`format`].
+//!
+//! Every write is one atomic PUT of a whole object (object stores never show a partial
+//! one), preceded by an existence check, so a segment is stored once however many
+//! safekeepers or retries try.
+//!
+//! Owns: object names and the upload/download of one segment. Must never: hand out
+//! segment bytes that did not pass their checksum.
+
+mod error;
+pub mod format;
+mod url;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use utils::{Lsn, TenantTimelineId};
+
+pub use error::RemoteError;
+pub use format::{Compression, SegmentMeta};
+
+/// Suffix of zstd objects.
+const ZST: &str = ".zst";
+/// Suffix of the sidecar metadata of uncompressed objects.
+const META: &str = ".meta";
+
+/// What an upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    /// Stored now: bytes written to the store.
+    Stored(u64),
+    /// Already there (another safekeeper, or an earlier try, stored it).
+    Existed,
+}
+
+/// An object store and how we keep segments in it.
+#[derive(Clone)]
+pub struct RemoteStorage {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+    compression: Compression,
+}
+
+impl std::fmt::Debug for RemoteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteStorage")
+            .field("url", &self.url)
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+impl RemoteStorage {
+    /// Opens the store a `--remote-storage` URL names (see [`url`]); new uploads use
+    /// `compression`. Does not connect.
+    pub fn open(url: &str, compression: Compression) -> Result<Self, RemoteError> {
+        let (store, prefix) = url::open(url)?;
+        Ok(RemoteStorage {
+            store,
+            prefix,
+            url: url.to_string(),
+            compression,
+        })
+    }
+
+    /// The URL it was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// How new uploads are compressed.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Where a timeline's objects are.
+    pub fn timeline_prefix(&self, ttid: &TenantTimelineId) -> ObjectPath {
+        self.prefix
+            .clone()
+            .join(ttid.tenant_id.to_string())
+            .join(ttid.timeline_id.to_string())
+    }
+
+    /// The object of segment `name` (a WAL file name; `partial` for the partial one),
+    /// stored with `compression`.
+    pub fn object(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+        partial: bool,
+        compression: Compression,
+    ) -> ObjectPath {
+        let suffix = match (partial, compression) {
+            (false, Compression::Zstd(_)) => ZST,
+            (true, Compression::Zstd(_)) => ".partial.zst",
+            (false, Compression::None) => "",
+            (true, Compression::None) => ".partial",
+        };
+        self.timeline_prefix(ttid).join(format!("{name}{suffix}"))
+    }
+
+    /// The object whose presence says the segment is stored: the data object for zstd,
+    /// the metadata sidecar (written last) otherwise.
+    fn marker(&self, data: &ObjectPath, compression: Compression) -> ObjectPath {
+        match compression {
+            Compression::Zstd(_) => data.clone(),
+            Compression::None => ObjectPath::from(format!("{data}{META}")),
+        }
+    }
+
+    /// True if segment `name` is stored in either form.
+    pub async fn exists(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+        partial: bool,
+    ) -> Result<bool, RemoteError> {
+        for c in [self.compression, other_form(self.compression)] {
+            let marker = self.marker(&self.object(ttid, name, partial, c), c);
+            match self.store.head(&marker).await {
+                Ok(_) => return Ok(true),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Stores segment `name` holding `data` (WAL `start..end`) unless a complete
+    /// segment of that name is already there. A partial segment is always stored (it
+    /// replaces the previous partial object of that segment); its caller checks first
+    /// that the complete one does not exist.
+    pub async fn upload(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+        partial: bool,
+        data: Bytes,
+        start: Lsn,
+        end: Lsn,
+    ) -> Result<Uploaded, RemoteError> {
+        if !partial && self.exists(ttid, name, false).await? {
+            return Ok(Uploaded::Existed);
+        }
+        let c = self.compression;
+        let path = self.object(ttid, name, partial, c);
+        // Checksum and compression of 16 MiB take tens of milliseconds: not on a runtime
+        // worker.
+        let encoded = tokio::task::spawn_blocking(move || {
+            let meta = SegmentMeta::of(&data, start, end);
+            match c {
+                Compression::Zstd(level) => {
+                    format::encode_zstd(&data, &meta, level).map(|o| (Bytes::from(o), meta))
+                }
+                Compression::None => Ok((data, meta)),
+            }
+        })
+        .await
+        .map_err(|e| RemoteError::Codec(format!("compression task failed: {e}")))??;
+        let (object, meta) = encoded;
+        let mut written = object.len() as u64;
+        self.store.put(&path, PutPayload::from(object)).await?;
+        if c == Compression::None {
+            let json = meta.to_json();
+            written += json.len() as u64;
+            self.store
+                .put(&self.marker(&path, c), PutPayload::from(json))
+                .await?;
+        }
+        Ok(Uploaded::Stored(written))
+    }
+
+    /// Deletes the partial object of segment `name` in either form (absent is fine).
+    pub async fn delete_partial(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+    ) -> Result<(), RemoteError> {
+        for c in [Compression::Zstd(0), Compression::None] {
+            let data = self.object(ttid, name, true, c);
+            let mut paths = vec![data.clone()];
+            if c == Compression::None {
+                paths.insert(0, self.marker(&data, c));
+            }
+            for p in paths {
+                match self.store.delete(&p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads segment `name` back, verified, in whichever form it was stored; `None` if
+    /// it is not stored. `seg_size` bounds what is read.
+    pub async fn download(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+        partial: bool,
+        seg_size: u32,
+    ) -> Result<Option<(SegmentMeta, Vec<u8>)>, RemoteError> {
+        for c in [self.compression, other_form(self.compression)] {
+            let path = self.object(ttid, name, partial, c);
+            let shown = path.to_string();
+            match c {
+                Compression::Zstd(_) => {
+                    let obj = match self.get(&path).await? {
+                        Some(o) => o,
+                        None => continue,
+                    };
+                    let max = seg_size as usize;
+                    let decoded =
+                        tokio::task::spawn_blocking(move || format::decode_zstd(&obj, &shown, max))
+                            .await
+                            .map_err(|e| {
+                                RemoteError::Codec(format!("decompression task failed: {e}"))
+                            })??;
+                    return Ok(Some(decoded));
+                }
+                Compression::None => {
+                    let meta = match self.get(&self.marker(&path, c)).await? {
+                        Some(m) => SegmentMeta::from_json(&m, &format!("{shown}{META}"))?,
+                        None => continue,
+                    };
+                    let Some(data) = self.get(&path).await? else {
+                        return Err(RemoteError::Corrupt {
+                            object: shown,
+                            reason: "its metadata exists but the data object does not".into(),
+                        });
+                    };
+                    if data.len() > seg_size as usize {
+                        return Err(RemoteError::Corrupt {
+                            object: shown,
+                            reason: format!("{} bytes, more than a segment", data.len()),
+                        });
+                    }
+                    meta.verify(&data, &shown)?;
+                    return Ok(Some((meta, data.to_vec())));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn get(&self, path: &ObjectPath) -> Result<Option<Bytes>, RemoteError> {
+        match self.store.get(path).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The form a segment may also be stored in (after a change of `--backup-compression`).
+fn other_form(c: Compression) -> Compression {
+    match c {
+        Compression::Zstd(_) => Compression::None,
+        Compression::None => Compression::Zstd(0),
+    }
+}
+
+#[cfg(test)]
+mod tests;
