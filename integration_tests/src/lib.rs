@@ -18,6 +18,8 @@ pub mod real_wal;
 pub mod s3;
 pub mod sim;
 pub mod sk;
+/// A hot standby made with pg_basebackup; a child process with a time limit.
+pub mod standby;
 pub mod test_proposer;
 
 pub use pg::{PgCluster, PgOptions, free_port};

@@ -58,6 +58,7 @@ pub struct Safekeeper {
     log: PathBuf,
     no_sync: bool,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Safekeeper {
@@ -86,9 +87,55 @@ impl Safekeeper {
             log: datadir.with_extension("log"),
             no_sync: !sync,
             extra_args: extra.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
         };
         sk.restart()?;
         Ok(sk)
+    }
+
+    /// Like [`Safekeeper::start_with_args`], with environment variables set on every
+    /// (re)start (e.g. the credentials of a test bucket).
+    pub fn start_with_env(
+        id: u64,
+        datadir: &Path,
+        sync: bool,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Safekeeper> {
+        std::fs::create_dir_all(datadir)?;
+        let mut sk = Safekeeper {
+            id,
+            datadir: datadir.to_path_buf(),
+            pg_port: 0,
+            http_port: 0,
+            child: None,
+            log: datadir.with_extension("log"),
+            no_sync: !sync,
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
+            env: env.to_vec(),
+        };
+        sk.restart()?;
+        Ok(sk)
+    }
+
+    /// `GET path` on its HTTP listener: the status code and the body.
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("no status line in {head:?}"))?;
+        Ok((code, body.to_string()))
     }
 
     /// `127.0.0.1:<pg port>`.
@@ -187,6 +234,7 @@ impl Safekeeper {
             cmd.arg("--no-sync");
         }
         cmd.args(&self.extra_args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().context("spawn safekeeper")?);
         Ok(())
     }

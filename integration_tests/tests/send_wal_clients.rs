@@ -6,18 +6,17 @@
 
 mod send_wal_util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::{Bytes, BytesMut};
-use integration_tests::pg::{PgCluster, PgOptions, free_port};
-use integration_tests::pg_tools::{
-    give_to_pg_user, pg_bin, pg_waldump, run, run_unchecked, server_command,
-};
+use integration_tests::pg::{PgCluster, PgOptions};
+use integration_tests::pg_tools::{pg_bin, pg_waldump, run_unchecked};
 use integration_tests::real_wal::{RealWal, SEG};
 use integration_tests::sk::Safekeeper;
+use integration_tests::standby::{Standby, output_within};
 use integration_tests::test_proposer::{Cluster, TestProposer};
 use send_wal_util::{
     CLUSTER, GEN_START, GenWal, append_with_commit, heartbeat, new_ttid, wait_for_log,
@@ -62,36 +61,6 @@ fn pg_receivewal(
         );
     }
     Ok(stderr)
-}
-
-/// Runs `cmd` to completion, killing it after `limit` (a hung client fails the test
-/// instead of hanging it).
-fn output_within(cmd: &mut Command, limit: Duration) -> anyhow::Result<std::process::Output> {
-    use std::process::Stdio;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn")?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our own child, which has not been reaped
-            // (the waiting thread is still blocked in wait).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let out = rx.recv().context("waiting for the killed child")??;
-            bail!(
-                "still running after {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        }
-    }
 }
 
 /// A record start in segment `segno` near its middle, not right after a page header (so
@@ -219,122 +188,6 @@ async fn pg_receivewal_writes_segments_identical_to_the_primary() -> anyhow::Res
     )
     .await?;
     Ok(())
-}
-
-/// A hot standby made with pg_basebackup, run as the postgres OS user when root.
-struct Standby {
-    base: tempfile::TempDir,
-    data: PathBuf,
-    port: u16,
-    running: bool,
-}
-
-impl Standby {
-    /// `pg_basebackup -X none` of `primary` (no WAL: the standby gets it from the
-    /// safekeeper). Returns the standby and the backup's start LSN.
-    fn basebackup(primary: &PgCluster) -> anyhow::Result<(Standby, Lsn)> {
-        let base = tempfile::Builder::new().prefix("standby-").tempdir()?;
-        give_to_pg_user(base.path())?;
-        let data = base.path().join("data");
-        run(server_command("pg_basebackup")
-            .current_dir(base.path())
-            .args(["-h", "127.0.0.1", "-p", &primary.port().to_string()])
-            .args([
-                "-U",
-                "postgres",
-                "-X",
-                "none",
-                "-c",
-                "fast",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data))
-        .context("pg_basebackup")?;
-        let label = std::fs::read_to_string(data.join("backup_label"))?;
-        let start = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-            .and_then(|l| l.split_whitespace().next())
-            .context("no START WAL LOCATION in backup_label")?
-            .parse()?;
-        Ok((
-            Standby {
-                base,
-                data,
-                port: free_port()?,
-                running: false,
-            },
-            start,
-        ))
-    }
-
-    fn configure(&self, primary_conninfo: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.data.join("postgresql.conf"))?;
-        writeln!(
-            f,
-            "port = {}\nunix_socket_directories = '{}'\nhot_standby = on\n\
-             hot_standby_feedback = on\nwal_receiver_status_interval = '1s'\n\
-             wal_retrieve_retry_interval = '500ms'\nprimary_conninfo = '{}'",
-            self.port,
-            self.base.path().display(),
-            primary_conninfo.replace('\'', "''"),
-        )?;
-        std::fs::write(self.data.join("standby.signal"), "")?;
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.base.path().join("standby.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self) -> anyhow::Result<()> {
-        let out = run_unchecked(
-            server_command("pg_ctl")
-                .current_dir(self.base.path())
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(self.base.path().join("standby.log"))
-                .args(["start", "-w", "-t", "40"]),
-        )?;
-        self.running = true;
-        if !out.status.success() {
-            bail!(
-                "the standby did not start: {}\nstandby log:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            );
-        }
-        Ok(())
-    }
-
-    fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        Ok(run(Command::new(pg_bin("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args([
-                "-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-c", sql,
-            ]))?
-        .trim()
-        .to_string())
-    }
-}
-
-impl Drop for Standby {
-    fn drop(&mut self) {
-        if self.running {
-            let _ = run_unchecked(
-                server_command("pg_ctl")
-                    .current_dir(self.base.path())
-                    .arg("-D")
-                    .arg(&self.data)
-                    .args(["stop", "-w", "-t", "30", "-m", "immediate"]),
-            );
-        }
-    }
 }
 
 /// The primary's complete segments `first..=last`.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use safekeeper::durability::SyncMode;
+use safekeeper::offload::OffloadConf;
+use safekeeper::remote::Compression;
 use safekeeper::server::{Config, Server};
 use tokio_util::sync::CancellationToken;
 use utils::NodeId;
@@ -60,10 +62,75 @@ struct Args {
     /// their positions; 0 = never.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     peer_status_interval: u64,
+    /// Offload WAL to this object store and remove local segments once offloaded:
+    /// file:///ABSOLUTE/DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or
+    /// az://CONTAINER[/PREFIX]. Credentials, region and endpoint come from the usual
+    /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL;
+    /// GOOGLE_SERVICE_ACCOUNT; AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY).
+    /// Without it WAL is kept locally forever.
+    #[arg(long, value_name = "URL")]
+    remote_storage: Option<String>,
+    /// How offloaded segments are stored: zstd (compressed, with checksummed metadata) or
+    /// none (plain WAL files with a .meta sidecar). Both are read back either way.
+    #[arg(long, value_name = "FORM", default_value = "zstd")]
+    backup_compression: CompressionArg,
+    /// The zstd level of offloaded segments (1 fastest … 19 smallest).
+    #[arg(long, value_name = "LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    backup_compression_level: i32,
+    /// Upload the partial segment once the commit position stood still this many seconds,
+    /// so an idle timeline's last WAL is in the archive too; 0 = never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    partial_backup_timeout: u64,
+    /// WAL kept locally below the end of WAL even when offloaded (e.g. 0, 512MB, 4GB), for
+    /// readers that are a little behind.
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    wal_retention: u64,
+    /// Segment uploads running at once, over all timelines.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    backup_workers: usize,
+    /// Local disk for segments read back from the archive for readers (e.g. 1GB).
+    #[arg(long, value_name = "SIZE", default_value = "1GB", value_parser = parse_size)]
+    archive_cache_size: u64,
+    /// Report (log and timeline status) a disk with less free space than this while WAL
+    /// waits for offload and so cannot be removed (e.g. 10GB); default: 5% of the disk.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    low_disk_warning: Option<u64>,
+}
+
+/// `--backup-compression`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressionArg {
+    /// Compressed with zstd; the checksummed metadata is in the object.
+    Zstd,
+    /// Plain WAL files, with the metadata in a `.meta` sidecar.
+    None,
+}
+
+/// A size: bytes, or a number with kB, MB, GB or TB (powers of 1024, as PostgreSQL's
+/// settings count them).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 0, 512MB, 4GB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        "tb" | "t" => 1 << 40,
+        u => return Err(format!("unknown unit {u:?} in {s:?}: use kB, MB, GB or TB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // One TLS crypto provider for the process (object store clients use it).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -103,6 +170,20 @@ fn main() -> anyhow::Result<()> {
     conf.sender_threads = args.sender_threads;
     conf.peer_status_interval = (args.peer_status_interval > 0)
         .then(|| std::time::Duration::from_secs(args.peer_status_interval));
+    if let Some(url) = &args.remote_storage {
+        let mut oc = OffloadConf::new(url);
+        oc.compression = match args.backup_compression {
+            CompressionArg::Zstd => Compression::Zstd(args.backup_compression_level),
+            CompressionArg::None => Compression::None,
+        };
+        oc.partial_timeout = (args.partial_backup_timeout > 0)
+            .then(|| std::time::Duration::from_secs(args.partial_backup_timeout));
+        oc.retention = args.wal_retention;
+        oc.workers = args.backup_workers.max(1);
+        oc.cache_bytes = args.archive_cache_size;
+        oc.low_disk_bytes = args.low_disk_warning;
+        conf.offload = Some(oc);
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.network_threads > 0 {
         rt.worker_threads(args.network_threads);
@@ -122,6 +203,7 @@ fn main() -> anyhow::Result<()> {
             datadir = %args.datadir.display(),
             pg = %pg.local_addr()?,
             http = %http.local_addr()?,
+            remote_storage = args.remote_storage.as_deref().unwrap_or("(none: WAL is kept locally)"),
             "safekeeper started"
         );
         tokio::spawn(wait_for_signal(shutdown.clone()));

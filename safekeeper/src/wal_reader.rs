@@ -25,6 +25,8 @@ pub struct WalReader {
     buf: Vec<u8>,
     /// `RWF_NOWAIT` was refused once (kernel or filesystem): do not try again.
     no_nowait: bool,
+    /// A segment no longer on local disk, downloaded from the archive: read from there.
+    archived: Option<(SegNo, PathBuf)>,
 }
 
 impl WalReader {
@@ -36,6 +38,16 @@ impl WalReader {
             open: None,
             buf: Vec::new(),
             no_nowait: false,
+            archived: None,
+        }
+    }
+
+    /// Reads segment `segno` from `path` (a copy from the archive) when it is not in the
+    /// timeline's directory.
+    pub fn use_archived(&mut self, segno: SegNo, path: PathBuf) {
+        self.archived = Some((segno, path));
+        if self.open.as_ref().is_some_and(|(s, _)| *s == segno) {
+            self.open = None;
         }
     }
 
@@ -76,16 +88,20 @@ impl WalReader {
         let segno = pos.segment_number(self.seg_size);
         let n = (pos.remaining_in_segment(self.seg_size) as usize).min(max);
         if self.open.as_ref().map(|(s, _)| *s) != Some(segno) {
-            let file =
-                open_segment_for_read(&self.dir, segno, self.seg_size)?.ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!(
-                            "WAL segment {} is not on this safekeeper",
-                            utils::xlog::xlog_file_name(1, segno, self.seg_size)
-                        ),
-                    )
-                })?;
+            let local = open_segment_for_read(&self.dir, segno, self.seg_size)?;
+            let archived = match (&local, &self.archived) {
+                (None, Some((s, path))) if *s == segno => Some(File::open(path)?),
+                _ => None,
+            };
+            let file = local.or(archived).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "WAL segment {} is not on this safekeeper",
+                        utils::xlog::xlog_file_name(1, segno, self.seg_size)
+                    ),
+                )
+            })?;
             self.open = Some((segno, file));
         }
         let (_, file) = self.open.as_ref().expect("opened above");

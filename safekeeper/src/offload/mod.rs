@@ -52,6 +52,9 @@ pub struct OffloadConf {
     pub max_offloader_lag: u64,
     /// How often the offloader and the removal look at a timeline.
     pub tick: Duration,
+    /// A disk with less free space than this is reported while WAL waits for offload
+    /// (`None`: 5% of the disk).
+    pub low_disk_bytes: Option<u64>,
 }
 
 impl OffloadConf {
@@ -66,6 +69,7 @@ impl OffloadConf {
             cache_bytes: 1 << 30,
             max_offloader_lag: 128 << 20,
             tick: Duration::from_secs(1),
+            low_disk_bytes: None,
         }
     }
 }
@@ -106,6 +110,28 @@ impl Offload {
             cache,
             metrics,
         }))
+    }
+}
+
+impl Offload {
+    /// A local copy of segment `segno` of `ttid` from the archive, for a reader (`None`
+    /// if the store does not have it).
+    pub async fn fetch_archived(
+        &self,
+        ttid: &utils::TenantTimelineId,
+        segno: utils::SegNo,
+        seg_size: u32,
+    ) -> Result<Option<std::path::PathBuf>, RemoteError> {
+        let cached = self.cache.path(ttid, segno, seg_size).exists();
+        let got = self
+            .cache
+            .fetch(&self.remote, ttid, segno, seg_size)
+            .await?;
+        if got.is_some() && !cached {
+            self.metrics.archive_downloads.inc();
+            tracing::info!(%ttid, segment = %utils::xlog::xlog_file_name(1, segno, seg_size), "segment read back from the archive for a reader");
+        }
+        Ok(got)
     }
 }
 

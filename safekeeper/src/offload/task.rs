@@ -26,7 +26,8 @@ use crate::remote::{RemoteError, Uploaded};
 use crate::timeline::{Input, PeerBoard, Timeline, TimelineStatus};
 use crate::wal_storage::open_segment_for_read;
 
-/// A disk with less than this share free (1/20) is reported while WAL cannot be removed.
+/// By default a disk with less than this share free (1/20) is reported while WAL cannot
+/// be removed.
 const LOW_DISK_DIVISOR: u64 = 20;
 
 /// Starts the offload task of `tl` (a task of the timeline: it ends with it).
@@ -109,7 +110,7 @@ impl Worker {
             Ok(_) => {}
             Err(e) => tracing::error!(ttid = %tl.ttid, "removing offloaded WAL failed: {e}"),
         }
-        self.check_disk(tl, &st);
+        self.check_disk(tl, off, &st);
     }
 
     /// Uploads what is due; returns the backup position reached.
@@ -250,11 +251,12 @@ impl Worker {
     }
 
     /// Reports a disk short of space while WAL waits for offload (it cannot be removed).
-    fn check_disk(&mut self, tl: &Timeline, st: &TimelineStatus) {
+    fn check_disk(&mut self, tl: &Timeline, off: &Offload, st: &TimelineStatus) {
         let Some((free, total)) = disk_space(tl.dir()) else {
             return;
         };
-        let low = free.saturating_mul(LOW_DISK_DIVISOR) < total && self.backlog > 0;
+        let threshold = off.conf.low_disk_bytes.unwrap_or(total / LOW_DISK_DIVISOR);
+        let low = free < threshold && self.backlog > 0;
         if low == self.disk_low {
             return;
         }

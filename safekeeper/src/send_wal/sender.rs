@@ -162,24 +162,56 @@ impl Sender<'_> {
             self.last_sent = Instant::now();
             return Ok(sent);
         }
-        let mut out = std::mem::take(self.w.write_buf());
-        let (tl, term, pos) = (self.tl.clone(), self.term, self.pos);
-        let joined = self
-            .tl
-            .read_pool()
-            .run(move || {
-                let res = read_frame(&mut r, &tl, term, pos, n, end, &mut out);
-                (r, out, res)
-            })
-            .await;
-        let (r, out, res) =
-            joined.map_err(|e| ClientError::Unexpected(format!("WAL reader task failed: {e}")))?;
-        *slot = Some(r);
-        *self.w.write_buf() = out;
-        let sent = res?;
-        self.flush().await?;
-        self.last_sent = Instant::now();
-        Ok(sent)
+        let mut fetched = false;
+        loop {
+            let mut out = std::mem::take(self.w.write_buf());
+            let (tl, term, pos) = (self.tl.clone(), self.term, self.pos);
+            let joined = self
+                .tl
+                .read_pool()
+                .run(move || {
+                    let res = read_frame(&mut r, &tl, term, pos, n, end, &mut out);
+                    (r, out, res)
+                })
+                .await;
+            let (back, out, res) = joined
+                .map_err(|e| ClientError::Unexpected(format!("WAL reader task failed: {e}")))?;
+            *self.w.write_buf() = out;
+            r = back;
+            // A segment removed here after offload: read it back from the archive, once.
+            if let Err(ClientError::ReadWal { source, .. }) = &res
+                && source.kind() == std::io::ErrorKind::NotFound
+                && !fetched
+                && let Some(path) = self.fetch_archived().await?
+            {
+                r.use_archived(self.pos.segment_number(self.tl.seg_size()), path);
+                fetched = true;
+                continue;
+            }
+            *slot = Some(r);
+            let sent = res?;
+            self.flush().await?;
+            self.last_sent = Instant::now();
+            return Ok(sent);
+        }
+    }
+
+    /// The segment at the stream's position, downloaded from the archive (`None` without
+    /// offload or when the store does not have it either).
+    async fn fetch_archived(&self) -> Result<Option<std::path::PathBuf>, ClientError> {
+        let Some(off) = self.tl.offload() else {
+            return Ok(None);
+        };
+        let seg_size = self.tl.seg_size();
+        let segno = self.pos.segment_number(seg_size);
+        let fetch = off.fetch_archived(&self.tl.ttid, segno, seg_size);
+        tokio::select! {
+            r = fetch => r.map_err(|e| ClientError::ReadWal {
+                ttid: self.tl.ttid,
+                source: std::io::Error::other(format!("reading {} back from the archive: {e}", utils::xlog::xlog_file_name(1, segno, seg_size))),
+            }),
+            _ = self.shutdown.cancelled() => Err(ClientError::Shutdown),
+        }
     }
 
     async fn wait(
