@@ -27,7 +27,10 @@ pub async fn remove(
     let seg_size = st.server.wal_seg_size;
     let policy = RemovalPolicy {
         offload: true,
-        pageserver_reports: st.remote_consistent_lsn.is_valid(),
+        // The position starts at the timeline's start; a pageserver has reported once
+        // it moved (or one reports now).
+        pageserver_reports: st.remote_consistent_lsn > st.timeline_start_lsn
+            || tl.feedback.pageserver().is_some(),
         retention: off.conf.retention,
     };
     let claims = Claims {
