@@ -10,6 +10,7 @@ mod baseline;
 mod crowd;
 mod e2e;
 mod ingest;
+mod offload;
 mod plot;
 mod procs;
 mod report;
@@ -41,7 +42,7 @@ struct Cli {
     /// with --quick).
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Sections to run (ingest, latency, serving, e2e, scale); default all.
+    /// Sections to run (ingest, latency, serving, e2e, scale, offload); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of each ingest/latency/serving measurement (default 3, 1 with --quick).
@@ -216,7 +217,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.work_dir)?;
     let work = cli.work_dir.canonicalize()?;
     let sections: Vec<&str> = if cli.only.is_empty() {
-        vec!["ingest", "latency", "serving", "e2e", "scale"]
+        vec!["ingest", "latency", "serving", "e2e", "scale", "offload"]
     } else {
         cli.only.iter().map(String::as_str).collect()
     };
@@ -239,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             "serving" => serving::serving(&mut ctx),
             "e2e" => e2e::e2e(&mut ctx),
             "scale" => scale::scale(&mut ctx),
+            "offload" => offload::offload(&mut ctx),
             other => Err(anyhow::anyhow!("unknown section {other}")),
         };
         if let Err(e) = r {
