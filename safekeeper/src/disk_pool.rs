@@ -32,6 +32,8 @@ struct Queue {
 struct Inner {
     name: String,
     max_threads: usize,
+    /// Scheduling niceness of the pool's threads (0: the process's).
+    nice: i32,
     queue: Mutex<Queue>,
     ready: Condvar,
     handles: Mutex<Vec<JoinHandle<()>>>,
@@ -62,10 +64,17 @@ pub struct PoolShutDown;
 impl DiskPool {
     /// A pool of at most `max_threads` threads (at least one) named `name`.
     pub fn new(name: &str, max_threads: usize) -> Self {
+        DiskPool::with_nice(name, max_threads, 0)
+    }
+
+    /// Like [`DiskPool::new`], its threads running at niceness `nice` (Linux; e.g. 10 for
+    /// background work that must yield the CPU to ingest).
+    pub fn with_nice(name: &str, max_threads: usize, nice: i32) -> Self {
         DiskPool {
             inner: Arc::new(Inner {
                 name: name.to_string(),
                 max_threads: max_threads.max(1),
+                nice,
                 queue: Mutex::new(Queue {
                     jobs: VecDeque::new(),
                     threads: 0,
@@ -170,6 +179,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn worker(inner: &Inner) {
+    if inner.nice != 0 {
+        set_thread_nice(inner.nice, &inner.name);
+    }
     let mut q = lock(&inner.queue);
     loop {
         if let Some(job) = q.jobs.pop_front() {
@@ -190,6 +202,28 @@ fn worker(inner: &Inner) {
         q.idle -= 1;
     }
 }
+
+/// Sets the niceness of the calling thread (on Linux a thread is scheduled on its own, so
+/// this leaves the process's other threads alone).
+#[cfg(target_os = "linux")]
+fn set_thread_nice(nice: i32, pool: &str) {
+    // SAFETY: plain system calls on the calling thread's id.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if r != 0 {
+        tracing::warn!(
+            pool,
+            nice,
+            "cannot lower the priority of a pool thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(_: i32, _: &str) {}
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,9 @@ use tokio::sync::Semaphore;
 use crate::metrics::Metrics;
 use crate::remote::{Compression, RemoteError, RemoteStorage};
 
+/// Niceness of the threads that read and compress segments for upload.
+pub const OFFLOAD_NICE: i32 = 10;
+
 /// Offload settings.
 #[derive(Clone, Debug)]
 pub struct OffloadConf {
@@ -84,6 +87,9 @@ pub struct Offload {
     pub cache: cache::ArchiveCache,
     /// Permits for uploads in flight.
     workers: Semaphore,
+    /// Threads that read and compress segments for upload, at a lower priority than
+    /// ingest (offload is background work: it must not take the CPU from commits).
+    pool: crate::disk_pool::DiskPool,
     metrics: Arc<Metrics>,
 }
 
@@ -105,6 +111,11 @@ impl Offload {
         let cache = cache::ArchiveCache::open(&datadir.join(cache::CACHE_DIR), conf.cache_bytes)?;
         Ok(Arc::new(Offload {
             workers: Semaphore::new(conf.workers.max(1)),
+            pool: crate::disk_pool::DiskPool::with_nice(
+                "offload",
+                conf.workers.max(1),
+                OFFLOAD_NICE,
+            ),
             conf,
             remote,
             cache,

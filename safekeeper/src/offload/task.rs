@@ -22,7 +22,7 @@ use super::election::{self, Candidate};
 use super::{Offload, removal};
 use crate::acceptor::Progress;
 use crate::metrics::BackupOutcome;
-use crate::remote::{RemoteError, Uploaded};
+use crate::remote::{Encoded, RemoteError, Uploaded};
 use crate::timeline::{Input, PeerBoard, Timeline, TimelineStatus};
 use crate::wal_storage::open_segment_for_read;
 
@@ -347,7 +347,10 @@ async fn upload_complete(
     if off.remote.exists(&tl.ttid, &name, false).await? {
         return Ok(Done::Existed);
     }
-    let Some(data) = read_segment(tl, segno, seg_size as usize).await? else {
+    let start = seg_start.max(st.timeline_start_lsn);
+    let end = Lsn(seg_start.0 + u64::from(seg_size));
+    let Some(encoded) = read_encoded(tl, off, segno, seg_size as usize, start, end, false).await?
+    else {
         // Below where this safekeeper's WAL starts: it never held the segment.
         if st.first_servable_lsn().is_some_and(|f| seg_start < f) {
             off.metrics.backup_gaps.inc();
@@ -364,11 +367,9 @@ async fn upload_complete(
             format!("committed segment {name} is missing on local disk"),
         )));
     };
-    let start = seg_start.max(st.timeline_start_lsn);
-    let end = Lsn(seg_start.0 + u64::from(seg_size));
     match off
         .remote
-        .upload(&tl.ttid, &name, false, data, start, end)
+        .put_encoded(&tl.ttid, &name, false, encoded)
         .await?
     {
         Uploaded::Stored(n) => Ok(Done::Stored(n)),
@@ -390,42 +391,44 @@ async fn upload_partial(
         return Ok(());
     }
     let upto = commit.segment_offset(seg_size);
-    let Some(data) = read_segment(tl, segno, upto).await? else {
-        return Ok(());
-    };
-    let mut whole = vec![0u8; seg_size as usize];
-    whole[..upto].copy_from_slice(&data);
     let seg_start = Lsn(segno * u64::from(seg_size));
     let start = seg_start.max(st.timeline_start_lsn);
+    let Some(encoded) = read_encoded(tl, off, segno, upto, start, commit, true).await? else {
+        return Ok(());
+    };
     off.remote
-        .upload(&tl.ttid, &name, true, Bytes::from(whole), start, commit)
+        .put_encoded(&tl.ttid, &name, true, encoded)
         .await?;
     Ok(())
 }
 
-/// The first `len` bytes of local segment `segno` (`None` if it is not here), read on the
-/// read pool.
-async fn read_segment(
+/// Local segment `segno` encoded for upload (`None` if it is not here): its first `len`
+/// bytes, zero-filled to a whole segment when `pad` (a partial segment), read, checksummed
+/// and compressed on the offload pool.
+async fn read_encoded(
     tl: &Arc<Timeline>,
+    off: &Offload,
     segno: SegNo,
     len: usize,
-) -> Result<Option<Bytes>, RemoteError> {
+    start: Lsn,
+    end: Lsn,
+    pad: bool,
+) -> Result<Option<Encoded>, RemoteError> {
     let dir = tl.dir().to_path_buf();
     let seg_size = tl.seg_size();
-    let r = tl
-        .read_pool()
-        .run(move || -> std::io::Result<Option<Vec<u8>>> {
+    let remote = off.remote.clone();
+    off.pool
+        .run(move || -> Result<Option<Encoded>, RemoteError> {
             use std::os::unix::fs::FileExt;
             let Some(f) = open_segment_for_read(&dir, segno, seg_size)? else {
                 return Ok(None);
             };
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, 0)?;
-            Ok(Some(buf))
+            let mut buf = vec![0u8; if pad { seg_size as usize } else { len }];
+            f.read_exact_at(&mut buf[..len], 0)?;
+            remote.encode(Bytes::from(buf), start, end).map(Some)
         })
         .await
-        .map_err(|e| RemoteError::Io(std::io::Error::other(format!("read task failed: {e}"))))??;
-    Ok(r.map(Bytes::from))
+        .map_err(|e| RemoteError::Io(std::io::Error::other(format!("offload task failed: {e}"))))?
 }
 
 /// Free and total bytes of the filesystem holding `dir`.

@@ -47,6 +47,9 @@ pub enum Uploaded {
 #[derive(Clone)]
 pub struct RemoteStorage {
     store: Arc<dyn ObjectStore>,
+    /// The directory of a `file://` store: its objects are fsynced after each PUT (the
+    /// local store writes and renames, but does not sync).
+    local_root: Option<std::path::PathBuf>,
     prefix: ObjectPath,
     url: String,
     compression: Compression,
@@ -66,8 +69,10 @@ impl RemoteStorage {
     /// `compression`. Does not connect.
     pub fn open(url: &str, compression: Compression) -> Result<Self, RemoteError> {
         let (store, prefix) = url::open(url)?;
+        let local_root = url.strip_prefix("file://").map(std::path::PathBuf::from);
         Ok(RemoteStorage {
             store,
+            local_root,
             prefix,
             url: url.to_string(),
             compression,
@@ -140,7 +145,8 @@ impl RemoteStorage {
     /// Stores segment `name` holding `data` (WAL `start..end`) unless a complete
     /// segment of that name is already there. A partial segment is always stored (it
     /// replaces the previous partial object of that segment); its caller checks first
-    /// that the complete one does not exist.
+    /// that the complete one does not exist. Encodes on a blocking thread; see
+    /// [`RemoteStorage::encode`] and [`RemoteStorage::put_encoded`] to encode elsewhere.
     pub async fn upload(
         &self,
         ttid: &TenantTimelineId,
@@ -154,31 +160,69 @@ impl RemoteStorage {
             return Ok(Uploaded::Existed);
         }
         let c = self.compression;
-        let path = self.object(ttid, name, partial, c);
         // Checksum and compression of 16 MiB take tens of milliseconds: not on a runtime
         // worker.
-        let encoded = tokio::task::spawn_blocking(move || {
-            let meta = SegmentMeta::of(&data, start, end);
-            match c {
-                Compression::Zstd(level) => {
-                    format::encode_zstd(&data, &meta, level).map(|o| (Bytes::from(o), meta))
-                }
-                Compression::None => Ok((data, meta)),
-            }
-        })
-        .await
-        .map_err(|e| RemoteError::Codec(format!("compression task failed: {e}")))??;
-        let (object, meta) = encoded;
-        let mut written = object.len() as u64;
-        self.store.put(&path, PutPayload::from(object)).await?;
+        let encoded = tokio::task::spawn_blocking(move || encode(c, data, start, end))
+            .await
+            .map_err(|e| RemoteError::Codec(format!("compression task failed: {e}")))??;
+        self.put_encoded(ttid, name, partial, encoded).await
+    }
+
+    /// The object of a segment holding `data` (WAL `start..end`) in the form new uploads
+    /// take. CPU-bound (checksum, compression): call it off the runtime.
+    pub fn encode(&self, data: Bytes, start: Lsn, end: Lsn) -> Result<Encoded, RemoteError> {
+        encode(self.compression, data, start, end)
+    }
+
+    /// Stores an object made by [`RemoteStorage::encode`] as segment `name` (one PUT; a
+    /// second for the sidecar of a plain object, written last).
+    pub async fn put_encoded(
+        &self,
+        ttid: &TenantTimelineId,
+        name: &str,
+        partial: bool,
+        encoded: Encoded,
+    ) -> Result<Uploaded, RemoteError> {
+        let c = encoded.compression;
+        let path = self.object(ttid, name, partial, c);
+        let mut written = encoded.object.len() as u64;
+        self.store
+            .put(&path, PutPayload::from(encoded.object))
+            .await?;
+        self.sync_local(&path).await?;
         if c == Compression::None {
-            let json = meta.to_json();
+            let json = encoded.meta.to_json();
             written += json.len() as u64;
-            self.store
-                .put(&self.marker(&path, c), PutPayload::from(json))
-                .await?;
+            let marker = self.marker(&path, c);
+            self.store.put(&marker, PutPayload::from(json)).await?;
+            self.sync_local(&marker).await?;
         }
         Ok(Uploaded::Stored(written))
+    }
+
+    /// In a `file://` store, makes an object just written durable: the file, and the
+    /// directories up to the root (they may have just been created).
+    async fn sync_local(&self, object: &ObjectPath) -> Result<(), RemoteError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let root = root.clone();
+        let file = root.join(object.as_ref());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::File::open(&file)?.sync_all()?;
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                std::fs::File::open(d)?.sync_all()?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RemoteError::Codec(format!("sync task failed: {e}")))??;
+        Ok(())
     }
 
     /// Deletes the partial object of segment `name` in either form (absent is fine).
@@ -262,6 +306,27 @@ impl RemoteStorage {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A segment ready to be stored: the object's bytes and its metadata.
+#[derive(Debug)]
+pub struct Encoded {
+    object: Bytes,
+    meta: SegmentMeta,
+    compression: Compression,
+}
+
+fn encode(c: Compression, data: Bytes, start: Lsn, end: Lsn) -> Result<Encoded, RemoteError> {
+    let meta = SegmentMeta::of(&data, start, end);
+    let object = match c {
+        Compression::Zstd(level) => Bytes::from(format::encode_zstd(&data, &meta, level)?),
+        Compression::None => data,
+    };
+    Ok(Encoded {
+        object,
+        meta,
+        compression: c,
+    })
 }
 
 /// The form a segment may also be stored in (after a change of `--backup-compression`).
