@@ -390,6 +390,28 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
         },
     )
     .with_context(|| format!("standby log:\n{}", standby.log()))?;
+    // The counters and the histogram of offload, on the offloader's /metrics.
+    let mut text = String::new();
+    for s in &sks {
+        text.push_str(&s.http_get("/metrics")?.1);
+    }
+    for series in [
+        "safekeeper_backup_segments_total{outcome=\"uploaded\"}",
+        "safekeeper_backup_segments_total{outcome=\"error\"}",
+        "safekeeper_backup_seconds_bucket",
+        "safekeeper_backup_bytes_total",
+        "safekeeper_backup_backlog_segments",
+        "safekeeper_removed_segments_total",
+        "safekeeper_archive_downloads_total",
+    ] {
+        ensure!(text.contains(series), "no {series} in /metrics");
+    }
+    let removed: f64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("safekeeper_removed_segments_total "))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum();
+    ensure!(removed > 0.0, "no removal counted");
     for s in &sks {
         s.assert_no_panics();
     }
