@@ -35,11 +35,12 @@ fn quickstart_runs_and_exits_cleanly() -> anyhow::Result<()> {
             "quickstart output lacks {needle:?}:\n{stdout}"
         );
     }
-    // The three safekeepers end at one commit LSN, equal to the primary's flush LSN.
+    // The three safekeepers end at one commit LSN, equal to the primary's flush LSN, and
+    // show how far WAL is offloaded (columns: name, term, flush, commit, backup).
     let rows: Vec<Vec<&str>> = stdout
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.first().is_some_and(|n| n.starts_with("sk")) && f.len() == 4)
+        .filter(|f| f.first().is_some_and(|n| n.starts_with("sk")) && f.len() == 5)
         .collect();
     ensure!(rows.len() == 3, "expected three safekeeper rows:\n{stdout}");
     let primary = stdout
@@ -54,6 +55,22 @@ fn quickstart_runs_and_exits_cleanly() -> anyhow::Result<()> {
             r[0],
             r[3]
         );
+        let backup: utils::Lsn = r[4].parse()?;
+        let commit: utils::Lsn = r[3].parse()?;
+        ensure!(
+            backup.0 > 0x0100_0000 && commit.0 - backup.0 < 16 << 20,
+            "{} backup_lsn {backup} is not within a segment of {commit}:\n{stdout}",
+            r[0]
+        );
     }
+    // The file:// archive holds the offloaded segments.
+    let archived: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Offloaded complete segments in "))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    ensure!(archived > 0, "nothing in the archive:\n{stdout}");
     Ok(())
 }
