@@ -299,6 +299,58 @@ impl RemoteStorage {
         Ok(None)
     }
 
+    /// The timelines that have objects in the store.
+    pub async fn list_timelines(&self) -> Result<Vec<TenantTimelineId>, RemoteError> {
+        let mut out = Vec::new();
+        let tenants = self.store.list_with_delimiter(Some(&self.prefix)).await?;
+        for t in tenants.common_prefixes {
+            let Some(Ok(tenant)) = t.filename().map(str::parse::<utils::TenantId>) else {
+                continue;
+            };
+            let timelines = self.store.list_with_delimiter(Some(&t)).await?;
+            for tl in timelines.common_prefixes {
+                if let Some(Ok(timeline)) = tl.filename().map(str::parse::<utils::TimelineId>) {
+                    out.push(TenantTimelineId::new(tenant, timeline));
+                }
+            }
+        }
+        out.sort_by_key(|t| (t.tenant_id.to_string(), t.timeline_id.to_string()));
+        Ok(out)
+    }
+
+    /// The segment objects of a timeline, by segment number (metadata sidecars left out;
+    /// other names ignored).
+    pub async fn list_segments(
+        &self,
+        ttid: &TenantTimelineId,
+        seg_size: u32,
+    ) -> Result<Vec<StoredSegment>, RemoteError> {
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.timeline_prefix(ttid)))
+            .await?;
+        let mut out = Vec::new();
+        for o in listed.objects {
+            let Some(name) = o.location.filename() else {
+                continue;
+            };
+            let (base, compressed) = match name.strip_suffix(ZST) {
+                Some(b) => (b, true),
+                None => (name, false),
+            };
+            if let Some((_, segno, partial)) = utils::xlog::parse_xlog_file_name(base, seg_size) {
+                out.push(StoredSegment {
+                    segno,
+                    partial,
+                    compressed,
+                    size: o.size,
+                });
+            }
+        }
+        out.sort_by_key(|s| (s.segno, s.partial));
+        Ok(out)
+    }
+
     async fn get(&self, path: &ObjectPath) -> Result<Option<Bytes>, RemoteError> {
         match self.store.get(path).await {
             Ok(r) => Ok(Some(r.bytes().await?)),
@@ -306,6 +358,19 @@ impl RemoteStorage {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A segment object found in the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredSegment {
+    /// Its segment number.
+    pub segno: utils::SegNo,
+    /// The partial object of the segment.
+    pub partial: bool,
+    /// Stored with zstd.
+    pub compressed: bool,
+    /// Bytes of the object.
+    pub size: u64,
 }
 
 /// A segment ready to be stored: the object's bytes and its metadata.
