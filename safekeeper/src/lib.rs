@@ -11,6 +11,7 @@
 //! codemap and the invariants.
 
 pub mod acceptor;
+pub mod archive;
 pub mod command;
 pub mod control_file;
 pub mod ctx;

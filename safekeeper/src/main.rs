@@ -19,11 +19,15 @@ use utils::NodeId;
 /// a standby's primary_conninfo). Look at a timeline with
 /// `psql "host=127.0.0.1 port=5454 replication=1" -c TIMELINE_STATUS`.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Args {
-    /// This safekeeper's node id, unique in its quorum.
+    /// Tools that get WAL back out of the archive (`safekeeper archive --help`); without
+    /// a subcommand the server starts.
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// This safekeeper's node id, unique in its quorum (required to start the server).
     #[arg(long, value_name = "ID")]
-    id: u64,
+    id: Option<u64>,
     /// Data directory: one subdirectory per tenant and timeline.
     #[arg(short = 'D', long, value_name = "DIR", default_value = "./.safekeeper")]
     datadir: PathBuf,
@@ -97,6 +101,13 @@ struct Args {
     low_disk_warning: Option<u64>,
 }
 
+/// Subcommands.
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Get WAL back out of the archive the server offloads to (--remote-storage).
+    Archive(archive_cmd::ArchiveArgs),
+}
+
 /// `--backup-compression`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum CompressionArg {
@@ -106,9 +117,11 @@ enum CompressionArg {
     None,
 }
 
+mod archive_cmd;
+
 /// A size: bytes, or a number with kB, MB, GB or TB (powers of 1024, as PostgreSQL's
 /// settings count them).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -131,6 +144,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One TLS crypto provider for the process (object store clients use it).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(Cmd::Archive(a)) = args.command {
+        return archive_cmd::run(a);
+    }
+    let Some(id) = args.id else {
+        anyhow::bail!("--id is required to start the server (see safekeeper --help)");
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -144,7 +163,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let files = raise_open_files_limit();
-    let mut conf = Config::new(NodeId(args.id), args.datadir.clone());
+    let mut conf = Config::new(NodeId(id), args.datadir.clone());
     conf.sync = if args.no_sync {
         SyncMode::NoSync
     } else {
@@ -199,7 +218,7 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("could not listen on {}", args.listen_http))?;
         tracing::info!(
-            id = args.id,
+            id,
             datadir = %args.datadir.display(),
             pg = %pg.local_addr()?,
             http = %http.local_addr()?,
