@@ -112,6 +112,30 @@ impl Standby {
         Ok(())
     }
 
+    /// Makes it a standby fed by `restore_command` alone (no `primary_conninfo`): it
+    /// replays what the archive holds and keeps asking for more.
+    pub fn configure_restore(&self, restore_command: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))?;
+        writeln!(
+            f,
+            "port = {}\nunix_socket_directories = '{}'\nhot_standby = on\n\
+             wal_retrieve_retry_interval = '1s'\nrestore_command = '{}'",
+            self.port,
+            self.base.path().display(),
+            restore_command.replace('\'', "''"),
+        )?;
+        std::fs::write(self.data.join("standby.signal"), "")?;
+        Ok(())
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
     /// Its server log.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.base.path().join("standby.log")).unwrap_or_default()

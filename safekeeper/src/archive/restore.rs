@@ -136,11 +136,9 @@ pub async fn restore(
             }
             Some(Ok(Err(e))) => return Err(e),
             Some(Err(e)) => return Err(ArchiveError::Usage(format!("download task failed: {e}"))),
-            None => {
-                if !pending.contains_key(&next_write) {
-                    return Err(ArchiveError::Usage("restore stalled (a bug)".into()));
-                }
-            }
+            // Nothing downloading: the loop spawns the next ones (the window moved).
+            None if next_spawn <= last || pending.contains_key(&next_write) => {}
+            None => return Err(ArchiveError::Usage("restore stalled (a bug)".into())),
         }
     }
     progress.finish();
