@@ -145,6 +145,14 @@ fn main() -> anyhow::Result<()> {
     // One TLS crypto provider for the process (object store clients use it).
     let _ = rustls::crypto::ring::default_provider().install_default();
     if let Some(Cmd::Archive(a)) = args.command {
+        // Warnings (retries) and errors on stderr; stdout is the command's output.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .init();
         return archive_cmd::run(a);
     }
     let Some(id) = args.id else {
