@@ -14,6 +14,7 @@ mod offload;
 mod plot;
 mod procs;
 mod report;
+mod restore;
 mod scale;
 mod serving;
 
@@ -42,7 +43,7 @@ struct Cli {
     /// with --quick).
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Sections to run (ingest, latency, serving, e2e, scale, offload); default all.
+    /// Sections to run (ingest, latency, serving, e2e, scale, offload, restore); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of each ingest/latency/serving measurement (default 3, 1 with --quick).
@@ -217,7 +218,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.work_dir)?;
     let work = cli.work_dir.canonicalize()?;
     let sections: Vec<&str> = if cli.only.is_empty() {
-        vec!["ingest", "latency", "serving", "e2e", "scale", "offload"]
+        vec![
+            "ingest", "latency", "serving", "e2e", "scale", "offload", "restore",
+        ]
     } else {
         cli.only.iter().map(String::as_str).collect()
     };
@@ -241,6 +244,7 @@ fn main() -> anyhow::Result<()> {
             "e2e" => e2e::e2e(&mut ctx),
             "scale" => scale::scale(&mut ctx),
             "offload" => offload::offload(&mut ctx),
+            "restore" => restore::restore(&mut ctx),
             other => Err(anyhow::anyhow!("unknown section {other}")),
         };
         if let Err(e) = r {
