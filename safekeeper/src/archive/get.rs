@@ -1,9 +1,11 @@
 //! `safekeeper archive get … WALFILE PATH`, for PostgreSQL's
 //! `restore_command = 'safekeeper archive get … %f %p'`: puts segment `WALFILE` at `PATH`
 //! and succeeds, or fails when the archive does not have it (how recovery learns it reached
-//! the end of the archive). Each call also downloads the next `--prefetch` segments in
-//! parallel into a spool directory, so the calls that follow find them there and recovery
-//! does not wait for one download at a time.
+//! the end of the archive). A call that has to download its segment also downloads the
+//! next `--prefetch` segments in parallel into a spool directory; the calls that follow
+//! find theirs there and return at once, refilling the spool (again in parallel) when it
+//! runs below half. Recovery so waits for one batch now and then instead of one download
+//! per segment.
 //!
 //! Owns: the spool (entries are whole, verified segments under their WAL file names;
 //! consumed or older ones are deleted). Must never: put anything at `PATH` but a whole,
@@ -76,21 +78,28 @@ pub async fn get(job: GetJob) -> Result<Got, ArchiveError> {
     let spooled = job.spool.join(&job.wal_file);
     let from_spool = match std::fs::read(&spooled) {
         Ok(data) if verify(&data, segno, job.seg_size).is_ok() => {
-            write_durably(&job.dest, &data)?;
-            let _ = std::fs::remove_file(&spooled);
+            // Moved, not copied, when the spool is on the same filesystem (the default).
+            if std::fs::rename(&spooled, &job.dest).is_err() {
+                write_file(&job.dest, &data)?;
+                let _ = std::fs::remove_file(&spooled);
+            }
             true
         }
         _ => false,
     };
-    // Prefetch what follows (not already spooled), at once with this segment's download.
+    // Prefetch what follows (not already spooled), at once with this segment's download;
+    // a call served from the spool refills it only when it runs low (below half), so most
+    // calls return at once and one in a while pays for a batch downloaded in parallel.
+    let missing: Vec<SegNo> = (segno + 1..=segno + job.prefetch)
+        .filter(|n| !job.spool.join(xlog_file_name(1, *n, job.seg_size)).exists())
+        .collect();
+    let low = (job.prefetch - missing.len() as u64) * 2 < job.prefetch;
     let mut ahead = JoinSet::new();
-    for next in segno + 1..=segno + job.prefetch {
-        let name = xlog_file_name(1, next, job.seg_size);
-        if job.spool.join(&name).exists() {
-            continue;
+    if !from_spool || low {
+        for next in missing {
+            let job = job.clone();
+            ahead.spawn(async move { prefetch(&job, next).await });
         }
-        let job = job.clone();
-        ahead.spawn(async move { prefetch(&job, next).await });
     }
     if !from_spool {
         let got = job
@@ -106,7 +115,7 @@ pub async fn get(job: GetJob) -> Result<Got, ArchiveError> {
             name: job.wal_file.clone(),
             reason,
         })?;
-        write_durably(&job.dest, &data)?;
+        write_file(&job.dest, &data)?;
     }
     let _ = tokio::time::timeout(PREFETCH_WAIT, async {
         while let Some(r) = ahead.join_next().await {
@@ -134,7 +143,7 @@ async fn prefetch(job: &GetJob, segno: SegNo) -> Result<(), ArchiveError> {
         reason,
     })?;
     let spool = job.spool.clone();
-    tokio::task::spawn_blocking(move || write_durably(&spool.join(&name), &data))
+    tokio::task::spawn_blocking(move || write_file(&spool.join(&name), &data))
         .await
         .map_err(|e| ArchiveError::Usage(format!("spool write failed: {e}")))?
 }
@@ -161,27 +170,20 @@ fn verify(data: &[u8], segno: SegNo, seg_size: u32) -> Result<(), String> {
     }
 }
 
-/// Writes `data` to `path` through a temporary name, fsynced, renamed, directory fsynced.
-fn write_durably(path: &Path, data: &[u8]) -> Result<(), ArchiveError> {
-    use std::io::Write;
+/// Writes `data` to `path` through a temporary name and a rename, so `path` is never a
+/// partial segment. Not fsynced: PostgreSQL treats a restored file as transient (it uses
+/// it at once, deletes it, and after a crash asks the archive again), and the spool is a
+/// cache whose entries are verified when used.
+fn write_file(path: &Path, data: &[u8]) -> Result<(), ArchiveError> {
     let io = |p: &Path, source| ArchiveError::Io {
         path: p.to_path_buf(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(data).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    drop(f);
+    std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
     Ok(())
 }
 
