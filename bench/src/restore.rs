@@ -17,8 +17,11 @@ use anyhow::{Context, bail};
 use utils::Lsn;
 
 use crate::baseline::{median, median_ratio};
-use crate::procs::{Proc, Safekeeper, free_port, pg_bin, run, workspace_bin};
+use crate::procs::{
+    PgCluster, Proc, Safekeeper, free_port, give_to_pg, pg_bin, pg_server_cmd, run, workspace_bin,
+};
 use crate::report::mb_s;
+use crate::serving::start_bridge;
 use crate::{Ctx, fresh_dir, new_ids};
 
 const SEG: u64 = 16 << 20;
@@ -211,10 +214,169 @@ pub fn restore(ctx: &mut Ctx) -> anyhow::Result<()> {
         "< 1: faster",
         "for each segment in order: safekeeper archive get --remote-storage s3://<bucket>/bench --tenant-id <T> --timeline-id <TL> --prefetch 8|0 <WAL file> <dir>/RECOVERYXLOG",
     );
+    recovery(ctx, &work, &url, &env)?;
     ctx.report.notes.push(
         "Restore: the restore_command figure times the calls PostgreSQL makes during a recovery from the archive (one process per segment, in order), not PostgreSQL's replay; objects are stored uncompressed (`--backup-compression none`), 16 MiB each, in a moto server on the same 2-vCPU machine, which is itself CPU-bound.".into(),
     );
     drop(moto);
     std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// A real PostgreSQL recovery from the archive: a base backup taken before a pgbench load
+/// goes through the bridge into one safekeeper offloading to the store; then copies of the
+/// backup recover with `restore_command` alone (`recovery.signal`, no hot standby), with
+/// prefetch and without: timed from `pg_ctl start` until the server is out of recovery
+/// (it replayed the archive to its end and promoted).
+fn recovery(ctx: &mut Ctx, work: &Path, url: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    let p = ctx.params.clone();
+    let dir = fresh_dir(&work.join("recovery"))?;
+    give_to_pg(&dir)?;
+    let mut primary = PgCluster::init(
+        &dir.join("primary"),
+        &[
+            "wal_level = replica".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            "synchronous_standby_names = 'walproposer'".into(),
+            "wal_keep_size = '4GB'".into(),
+        ],
+    )?;
+    primary.start()?;
+    let sk = Safekeeper::start_with_args(
+        1,
+        &dir.join("sk1"),
+        &["--remote-storage", url, "--backup-compression", "none"],
+    )?;
+    let (tenant, timeline) = new_ids();
+    let bridge = start_bridge(&dir, &primary, &sk.addr(), &tenant, &timeline)?;
+    primary.sql("CREATE TABLE probe(x int)")?;
+    let base = dir.join("base");
+    run(pg_server_cmd("pg_basebackup")
+        .arg("-D")
+        .arg(&base)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-X", "none", "--no-sync", "-c", "fast"]))
+    .context("pg_basebackup")?;
+    run(Command::new(pg_bin("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-i", "-q", "-s", &p.pgbench_scale.to_string(), "postgres"]))?;
+    primary.sql("SELECT pg_switch_wal()")?;
+    primary.sql("INSERT INTO probe VALUES (1)")?;
+    let end: Lsn = primary.sql("SELECT pg_current_wal_insert_lsn()")?.parse()?;
+    let want = Lsn(end.0 / SEG * SEG);
+    let t = Instant::now();
+    while backup_lsn(sk.port)? < want {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("offload did not reach {want}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(bridge);
+    drop(sk);
+    primary.stop();
+    let segments = want.0 / SEG - 1;
+    let envs: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let mut secs = [Vec::new(), Vec::new()];
+    for _ in 0..p.reps {
+        for (i, prefetch) in [0u64, 8].into_iter().enumerate() {
+            let data = dir.join(format!("recover{i}"));
+            let _ = std::fs::remove_dir_all(&data);
+            run(Command::new("cp").arg("-a").arg(&base).arg(&data))?;
+            std::fs::write(data.join("recovery.signal"), "")?;
+            let restore = format!(
+                "env {envs}{} archive get --remote-storage {url} --tenant-id {tenant} --timeline-id {timeline} --prefetch {prefetch} %f %p",
+                workspace_bin("safekeeper").display()
+            );
+            let port = free_port()?;
+            let sock = dir.display().to_string();
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf"))?;
+            conf.push_str(&format!(
+                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{sock}'\nhot_standby = off\nrestore_command = '{restore}'\n"
+            ));
+            std::fs::write(data.join("postgresql.conf"), conf)?;
+            give_to_pg(&data)?;
+            let log = dir.join(format!("recover{i}.log"));
+            let t = Instant::now();
+            run(pg_server_cmd("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "600", "start"]))
+            .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+            // pg_ctl may return before archive recovery ends: done when the server answers
+            // and is out of recovery.
+            loop {
+                let out = Command::new(pg_bin("psql"))
+                    .args(["-X", "-At", "-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args([
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "postgres",
+                        "-c",
+                        "SELECT pg_is_in_recovery()",
+                    ])
+                    .output()?;
+                if String::from_utf8_lossy(&out.stdout).trim() == "f" {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(600) {
+                    bail!("recovery did not end in 10 min");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            secs[i].push(t.elapsed().as_secs_f64());
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let restored = text.matches("restored log file").count();
+            if restored < segments as usize / 2 {
+                bail!("the recovery restored {restored} of {segments} segments; log:\n{text}");
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let restored = text.matches("restored log file").count();
+            if restored < segments as usize / 2 {
+                bail!("the recovery restored {restored} of {segments} segments; log:\n{text}");
+            }
+            let _ = run(pg_server_cmd("pg_ctl").arg("-D").arg(&data).args([
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ]));
+            std::fs::remove_dir_all(&data)?;
+        }
+    }
+    eprintln!(
+        "  PostgreSQL recovery from the archive: {:.1} s without prefetch, {:.1} s with 8",
+        median(&secs[0]),
+        median(&secs[1])
+    );
+    ctx.report.row(
+        SECTION,
+        format!(
+            "PostgreSQL 15 archive recovery ({segments} segments of pgbench -i -s {}), restore_command with prefetch 8",
+            p.pgbench_scale
+        ),
+        format!("{:.1} s", median(&secs[1])),
+        format!("{:.1} s (no prefetch)", median(&secs[0])),
+        Some(median_ratio(&secs[1], &secs[0])),
+        "< 1: faster",
+        "base backup + recovery.signal + restore_command = 'safekeeper archive get … --prefetch 8|0 %f %p'; pg_ctl start, then until pg_is_in_recovery() is false",
+    );
     Ok(())
 }
