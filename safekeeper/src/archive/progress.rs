@@ -18,14 +18,10 @@ pub trait Progress: Send {
 
 /// The progress display that suits stderr.
 pub fn progress_for_stderr() -> Box<dyn Progress> {
-    Box::new(Shown {
-        bar: std::io::stderr().is_terminal(),
-        started: Instant::now(),
-        total: 0,
-        total_bytes: 0,
-        done: 0,
-        bytes: 0,
-    })
+    Box::new(Shown::new(
+        std::io::stderr().is_terminal(),
+        Box::new(std::io::stderr()),
+    ))
 }
 
 /// Silent (tests, `archive get`).
@@ -39,6 +35,7 @@ impl Progress for Quiet {
 
 struct Shown {
     bar: bool,
+    out: Box<dyn Write + Send>,
     started: Instant,
     total: u64,
     total_bytes: u64,
@@ -47,6 +44,18 @@ struct Shown {
 }
 
 impl Shown {
+    fn new(bar: bool, out: Box<dyn Write + Send>) -> Self {
+        Shown {
+            bar,
+            out,
+            started: Instant::now(),
+            total: 0,
+            total_bytes: 0,
+            done: 0,
+            bytes: 0,
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.started.elapsed().as_secs_f64().max(0.001)
     }
@@ -65,7 +74,7 @@ impl Progress for Shown {
             self.bytes += bytes;
         }
         let rate = self.rate();
-        let mut e = std::io::stderr().lock();
+        let e = &mut self.out;
         if self.bar {
             const WIDTH: u64 = 30;
             let filled = (self.done * WIDTH / self.total.max(1)) as usize;
@@ -101,17 +110,74 @@ impl Progress for Shown {
     }
 
     fn finish(&mut self) {
-        let mut e = std::io::stderr().lock();
+        let rate = self.rate();
+        let e = &mut self.out;
         if self.bar {
             let _ = writeln!(e);
         }
         let _ = writeln!(
             e,
-            "{} segments, {:.0} MB written in {:.1} s ({:.0} MB/s)",
+            "{} segments, {:.0} MB written in {:.1} s ({rate:.0} MB/s)",
             self.done,
             self.bytes as f64 / 1e6,
             self.started.elapsed().as_secs_f64(),
-            self.rate()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer tests can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn run(bar: bool) -> String {
+        let c = Captured::default();
+        let mut p = Shown::new(bar, Box::new(c.clone()));
+        p.start(4, 4 << 24);
+        p.segment("000000010000000000000001", 1 << 24, true);
+        p.segment("000000010000000000000002", 1 << 24, false);
+        p.finish();
+        String::from_utf8(c.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn a_terminal_gets_a_bar_with_rate_and_eta() {
+        let out = run(true);
+        assert!(
+            out.contains("\r[###############...............] 2/4 segments"),
+            "{out:?}"
+        );
+        assert!(out.contains("MB/s, ETA "), "{out:?}");
+        assert!(!out.contains("restored ("), "{out:?}");
+    }
+
+    #[test]
+    fn elsewhere_a_line_per_segment() {
+        let out = run(false);
+        assert!(
+            out.contains("000000010000000000000001 present, verified (1/4"),
+            "{out}"
+        );
+        assert!(
+            out.contains("000000010000000000000002 restored (2/4"),
+            "{out}"
+        );
+        assert!(out.contains("2 segments, 17 MB written"), "{out}");
+        assert!(!out.contains('\r'), "{out:?}");
     }
 }
