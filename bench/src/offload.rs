@@ -8,14 +8,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use utils::Lsn;
 
 use crate::baseline::{median, median_ratio};
 use crate::ingest::parse_generate;
-use crate::procs::{Safekeeper, describe, pg_bin, run, workspace_bin};
+use crate::procs::{Safekeeper, describe, generated_end, run, wait_backup, workspace_bin};
 use crate::report::{mb_s, target_ge};
 use crate::{Ctx, fresh_dir, new_ids};
 
@@ -79,21 +79,6 @@ fn three(work: &Path, total: u64, offload: bool) -> anyhow::Result<f64> {
     Ok(parse_generate(&out)?.throughput)
 }
 
-/// backup_lsn of the only timeline of the safekeeper on `port` (TIMELINE_STATUS, 10th
-/// column).
-fn backup_lsn(port: u16) -> anyhow::Result<Lsn> {
-    let out = run(Command::new(pg_bin("psql"))
-        .arg("-XAt")
-        .arg(format!("host=127.0.0.1 port={port} replication=1"))
-        .args(["-c", "TIMELINE_STATUS"]))?;
-    let col = out
-        .trim()
-        .split('|')
-        .nth(9)
-        .context("TIMELINE_STATUS columns")?;
-    col.parse().with_context(|| format!("backup_lsn {col:?}"))
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(dir) {
@@ -115,13 +100,7 @@ fn catch_up(work: &Path, total: u64, compression: &str) -> anyhow::Result<(f64, 
     let sk = Safekeeper::start(1, &data)?;
     let out = generate(std::slice::from_ref(&sk), &sk.addr(), total)?;
     drop(sk);
-    let end: Lsn = out
-        .lines()
-        .find_map(|l| l.strip_prefix("wal:"))
-        .and_then(|l| l.split("..").nth(1))
-        .context("no wal: line")?
-        .trim()
-        .parse()?;
+    let end = generated_end(&out)?;
     let archive = dir.join("archive");
     let url = format!("file://{}", archive.display());
     let sk = Safekeeper::start_with_args(
@@ -136,16 +115,7 @@ fn catch_up(work: &Path, total: u64, compression: &str) -> anyhow::Result<(f64, 
     )?;
     let t = Instant::now();
     let want = Lsn(end.0 / SEG * SEG);
-    loop {
-        let b = backup_lsn(sk.port)?;
-        if b >= want {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("backup_lsn {b} after 10 min, want {want}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_backup(sk.port, want)?;
     let secs = t.elapsed().as_secs_f64();
     drop(sk);
     // The first segment starts at the timeline start (0/1000000 for generate).

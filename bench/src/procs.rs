@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use utils::Lsn;
 
 /// The PostgreSQL binaries (Debian's layout, else `pg_config --bindir`).
 pub fn pg_bin(name: &str) -> PathBuf {
@@ -444,4 +445,47 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Column `col` (0-based: 1 commit_lsn, 9 backup_lsn) of `TIMELINE_STATUS` of the only
+/// timeline of the safekeeper on `port`.
+pub fn timeline_status_lsn(port: u16, col: usize) -> anyhow::Result<Lsn> {
+    let out = run(Command::new(pg_bin("psql"))
+        .arg("-XAt")
+        .arg(format!("host=127.0.0.1 port={port} replication=1"))
+        .args(["-c", "TIMELINE_STATUS"]))?;
+    let cell = out
+        .trim()
+        .split('|')
+        .nth(col)
+        .context("TIMELINE_STATUS columns")?;
+    cell.parse()
+        .with_context(|| format!("TIMELINE_STATUS column {col}: {cell:?}"))
+}
+
+/// Waits (up to 10 min) until the backup_lsn of the safekeeper on `port` reaches `want`.
+pub fn wait_backup(port: u16, want: Lsn) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    loop {
+        let b = timeline_status_lsn(port, 9)?;
+        if b >= want {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("backup_lsn {b} after 10 min, want {want}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The end of the `wal: A .. B` line `walproposer generate` prints.
+pub fn generated_end(report: &str) -> anyhow::Result<Lsn> {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("wal:"))
+        .and_then(|l| l.split("..").nth(1))
+        .context("no wal: line in generate's report")?
+        .trim()
+        .parse()
+        .context("the end of generate's wal: line")
 }

@@ -18,7 +18,8 @@ use utils::Lsn;
 
 use crate::baseline::{median, median_ratio};
 use crate::procs::{
-    PgCluster, Proc, Safekeeper, free_port, give_to_pg, pg_bin, pg_server_cmd, run, workspace_bin,
+    PgCluster, Proc, Safekeeper, free_port, generated_end, give_to_pg, pg_bin, pg_server_cmd, run,
+    wait_backup, workspace_bin,
 };
 use crate::report::mb_s;
 use crate::serving::start_bridge;
@@ -62,20 +63,6 @@ fn start_moto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
     Ok((p, port))
 }
 
-/// backup_lsn of the only timeline of the safekeeper on `port`.
-fn backup_lsn(port: u16) -> anyhow::Result<Lsn> {
-    let out = run(Command::new(pg_bin("psql"))
-        .arg("-XAt")
-        .arg(format!("host=127.0.0.1 port={port} replication=1"))
-        .args(["-c", "TIMELINE_STATUS"]))?;
-    let col = out
-        .trim()
-        .split('|')
-        .nth(9)
-        .context("TIMELINE_STATUS columns")?;
-    col.parse().with_context(|| format!("backup_lsn {col:?}"))
-}
-
 /// Item 7.
 pub fn restore(ctx: &mut Ctx) -> anyhow::Result<()> {
     let p = ctx.params.clone();
@@ -116,21 +103,9 @@ pub fn restore(ctx: &mut Ctx) -> anyhow::Result<()> {
             "8k",
         ])
         .env("RUST_LOG", "warn"))?;
-    let end: Lsn = out
-        .lines()
-        .find_map(|l| l.strip_prefix("wal:"))
-        .and_then(|l| l.split("..").nth(1))
-        .context("no wal: line")?
-        .trim()
-        .parse()?;
+    let end = generated_end(&out)?;
     let to = Lsn(end.0 / SEG * SEG);
-    let t = Instant::now();
-    while backup_lsn(sk.port)? < to {
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("offload did not reach {to}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_backup(sk.port, to)?;
     drop(sk);
     let from = Lsn(SEG);
     let segments = to.0 / SEG - 1;
@@ -279,13 +254,7 @@ fn recovery(ctx: &mut Ctx, work: &Path, url: &str, env: &[(&str, &str)]) -> anyh
     primary.sql("INSERT INTO probe VALUES (1)")?;
     let end: Lsn = primary.sql("SELECT pg_current_wal_insert_lsn()")?.parse()?;
     let want = Lsn(end.0 / SEG * SEG);
-    let t = Instant::now();
-    while backup_lsn(sk.port)? < want {
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("offload did not reach {want}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_backup(sk.port, want)?;
     drop(bridge);
     drop(sk);
     primary.stop();

@@ -20,7 +20,9 @@ use pq_proto::replication::ReplicationServerMessage;
 use utils::Lsn;
 
 use crate::baseline::{median, median_ratio};
-use crate::procs::{PgCluster, Proc, Safekeeper, pg_bin, rss_kib, run, workspace_bin};
+use crate::procs::{
+    PgCluster, Proc, Safekeeper, pg_bin, rss_kib, run, timeline_status_lsn, workspace_bin,
+};
 use crate::report::{mb_s, mib, target_ge};
 use crate::{Ctx, fresh_dir, new_ids};
 
@@ -98,20 +100,6 @@ fn receivewal(dir: &Path, port: u16, start_seg: u64, end: Lsn) -> anyhow::Result
     Ok((end.0 - start_seg * SEG) as f64 / 1e6 / secs)
 }
 
-/// The safekeeper's commit_lsn (TIMELINE_STATUS, second column).
-fn sk_commit(port: u16) -> anyhow::Result<Lsn> {
-    let out = run(Command::new(pg_bin("psql"))
-        .arg("-XAt")
-        .arg(format!("host=127.0.0.1 port={port} replication=1"))
-        .args(["-c", "TIMELINE_STATUS"]))?;
-    let col = out
-        .trim()
-        .split('|')
-        .nth(1)
-        .context("TIMELINE_STATUS columns")?;
-    col.parse().with_context(|| format!("commit_lsn {col:?}"))
-}
-
 /// Starts `walproposer bridge` and waits for its election.
 pub fn start_bridge(
     dir: &Path,
@@ -168,7 +156,7 @@ pub fn serving(ctx: &mut Ctx) -> anyhow::Result<()> {
     ))?;
     let end: Lsn = pg.sql("SELECT pg_current_wal_insert_lsn()")?.parse()?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while sk_commit(sk.port)? < end {
+    while timeline_status_lsn(sk.port, 1)? < end {
         if Instant::now() > deadline {
             bail!("the safekeeper did not commit {end} in 600 s");
         }

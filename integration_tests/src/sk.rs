@@ -77,20 +77,7 @@ impl Safekeeper {
         sync: bool,
         extra: &[&str],
     ) -> anyhow::Result<Safekeeper> {
-        std::fs::create_dir_all(datadir)?;
-        let mut sk = Safekeeper {
-            id,
-            datadir: datadir.to_path_buf(),
-            pg_port: 0,
-            http_port: 0,
-            child: None,
-            log: datadir.with_extension("log"),
-            no_sync: !sync,
-            extra_args: extra.iter().map(|a| a.to_string()).collect(),
-            env: Vec::new(),
-        };
-        sk.restart()?;
-        Ok(sk)
+        Safekeeper::start_with_env(id, datadir, sync, extra, &[])
     }
 
     /// Like [`Safekeeper::start_with_args`], with environment variables set on every

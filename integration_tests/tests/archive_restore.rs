@@ -15,13 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use integration_tests::pg::{PgCluster, PgOptions};
-use integration_tests::sk::{Bridge, Safekeeper, workspace_bin};
+use integration_tests::pg::PgCluster;
+use integration_tests::sk::workspace_bin;
 use integration_tests::standby::Standby;
-use offload_util::{SEG, backup_reaches, lsn, status, wait_for};
+use offload_util::{PgQuorum, SEG, backup_reaches, lsn, status, wait_for};
 use utils::xlog::xlog_file_name;
 use utils::{Lsn, TenantTimelineId};
-use walproposer::bridge::derived_ids;
 
 /// `safekeeper archive <args>`: (success, stdout, stderr).
 fn archive(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
@@ -78,34 +77,13 @@ fn a_standby_recovers_from_the_archive_and_restores_are_exact() -> anyhow::Resul
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let archive_dir = dir.path().join("archive");
     let url = format!("file://{}", archive_dir.display());
-    let mut pg = PgCluster::init(PgOptions {
-        extra_conf: vec![
-            "synchronous_standby_names = 'walproposer'".into(),
-            "synchronous_commit = on".into(),
-            "wal_keep_size = '4GB'".into(),
-        ],
-        ..Default::default()
-    })?;
-    pg.start()?;
     let args = ["--remote-storage", &url, "--peer-status-interval", "1"];
-    let sks = (1..=3)
-        .map(|i| Safekeeper::start_with_args(i, &dir.path().join(format!("sk{i}")), false, &args))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let members = sks
-        .iter()
-        .map(Safekeeper::member)
-        .collect::<Vec<_>>()
-        .join(",");
-    let (tenant, timeline) = derived_ids(pg.system_id()?);
-    let ttid = TenantTimelineId::new(tenant, timeline);
-    let bridge = Bridge::start(
-        &format!("host=127.0.0.1 port={} user=postgres", pg.port()),
-        &members,
-        &dir.path().join("bridge.log"),
-        &[],
-    )?;
-    pg.psql("CREATE TABLE probe(x int)")
-        .with_context(|| format!("first commit; bridge log:\n{}", bridge.log()))?;
+    let PgQuorum {
+        pg,
+        sks,
+        bridge,
+        ttid,
+    } = PgQuorum::start(dir.path(), &args, &[])?;
     let (mut standby, _) = Standby::basebackup(&pg)?;
     pg.pgbench(&["-i", "-s", "5", "-q"])?;
     pg.pgbench(&["-T", "10", "-c", "4", "-j", "2"])?;

@@ -17,19 +17,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use integration_tests::pg::{PgCluster, PgOptions};
+use integration_tests::pg::PgCluster;
 use integration_tests::pg_tools::pg_bin;
 use integration_tests::proxy::TcpProxy;
 use integration_tests::s3::TestBucket;
-use integration_tests::sk::{Bridge, Safekeeper};
+use integration_tests::sk::Safekeeper;
 use integration_tests::standby::{Standby, output_within};
 use offload_util::{
-    SEG, backup_reaches, local_complete_segments, lsn, offloader, status, wait_for,
+    PgQuorum, SEG, backup_reaches, local_complete_segments, lsn, offloader, status, wait_for,
 };
 use safekeeper::remote::format::decode_zstd;
 use utils::xlog::{parse_xlog_file_name, xlog_file_name};
 use utils::{Lsn, SegNo, TenantTimelineId};
-use walproposer::bridge::derived_ids;
 
 /// A libpq connection string for a reader of the timeline on `sk`.
 fn sk_connstr(sk: &Safekeeper, ttid: &TenantTimelineId) -> String {
@@ -78,15 +77,6 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
     proxy.cut_after(64 << 10);
     let env = bucket.env_with_endpoint(&proxy.endpoint());
     let dir = tempfile::tempdir()?;
-    let mut pg = PgCluster::init(PgOptions {
-        extra_conf: vec![
-            "synchronous_standby_names = 'walproposer'".into(),
-            "synchronous_commit = on".into(),
-            "wal_keep_size = '4GB'".into(),
-        ],
-        ..Default::default()
-    })?;
-    pg.start()?;
     let url = bucket.url("wal");
     let args = [
         "--remote-storage",
@@ -97,26 +87,12 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
         "--low-disk-warning",
         "1000TB",
     ];
-    let mut sks = (1..=3)
-        .map(|i| {
-            Safekeeper::start_with_env(i, &dir.path().join(format!("sk{i}")), false, &args, &env)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let members = sks
-        .iter()
-        .map(Safekeeper::member)
-        .collect::<Vec<_>>()
-        .join(",");
-    let (tenant, timeline) = derived_ids(pg.system_id()?);
-    let ttid = TenantTimelineId::new(tenant, timeline);
-    let bridge = Bridge::start(
-        &format!("host=127.0.0.1 port={} user=postgres", pg.port()),
-        &members,
-        &dir.path().join("bridge.log"),
-        &[],
-    )?;
-    pg.psql("CREATE TABLE probe(x int)")
-        .with_context(|| format!("first commit; bridge log:\n{}", bridge.log()))?;
+    let PgQuorum {
+        pg,
+        mut sks,
+        bridge,
+        ttid,
+    } = PgQuorum::start(dir.path(), &args, &env)?;
     // A base backup now: the standby started at the end needs WAL from here.
     let (mut standby, standby_start) = Standby::basebackup(&pg)?;
     pg.pgbench(&["-i", "-s", "10", "-q"])?;

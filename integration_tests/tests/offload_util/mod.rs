@@ -7,10 +7,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use integration_tests::sk::Safekeeper;
+use integration_tests::pg::{PgCluster, PgOptions};
+use integration_tests::sk::{Bridge, Safekeeper};
 use serde_json::Value;
 use utils::xlog::parse_xlog_file_name;
 use utils::{Lsn, SegNo, TenantTimelineId};
+use walproposer::bridge::derived_ids;
 
 /// The WAL segment size of the tests.
 pub const SEG: u32 = 16 << 20;
@@ -100,4 +102,56 @@ pub fn generated_range(report: &str) -> anyhow::Result<(Lsn, Lsn)> {
         .with_context(|| format!("no wal: line in {report}"))?;
     let (a, b) = line.split_once("..").context("wal: a .. b")?;
     Ok((a.trim().parse()?, b.trim().parse()?))
+}
+
+/// A PostgreSQL 15 primary whose synchronous standby is `walproposer bridge` in front of
+/// three safekeepers with a membership configuration (`ID@host:port`).
+pub struct PgQuorum {
+    /// The primary (keeps 4 GB of WAL, for comparisons).
+    pub pg: PgCluster,
+    /// Safekeepers 1..=3.
+    pub sks: Vec<Safekeeper>,
+    /// The bridge.
+    pub bridge: Bridge,
+    /// The primary's timeline on the safekeepers.
+    pub ttid: TenantTimelineId,
+}
+
+impl PgQuorum {
+    /// Starts it all under `dir`, the safekeepers with `args` and `env`, and commits a
+    /// first transaction through it (`CREATE TABLE probe(x int)`).
+    pub fn start(dir: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut pg = PgCluster::init(PgOptions {
+            extra_conf: vec![
+                "synchronous_standby_names = 'walproposer'".into(),
+                "synchronous_commit = on".into(),
+                "wal_keep_size = '4GB'".into(),
+            ],
+            ..Default::default()
+        })?;
+        pg.start()?;
+        let sks = (1..=3)
+            .map(|i| Safekeeper::start_with_env(i, &dir.join(format!("sk{i}")), false, args, env))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let members = sks
+            .iter()
+            .map(Safekeeper::member)
+            .collect::<Vec<_>>()
+            .join(",");
+        let (tenant, timeline) = derived_ids(pg.system_id()?);
+        let bridge = Bridge::start(
+            &format!("host=127.0.0.1 port={} user=postgres", pg.port()),
+            &members,
+            &dir.join("bridge.log"),
+            &[],
+        )?;
+        pg.psql("CREATE TABLE probe(x int)")
+            .with_context(|| format!("first commit; bridge log:\n{}", bridge.log()))?;
+        Ok(PgQuorum {
+            pg,
+            sks,
+            bridge,
+            ttid: TenantTimelineId::new(tenant, timeline),
+        })
+    }
 }

@@ -252,6 +252,11 @@ impl Worker {
 
     /// Reports a disk short of space while WAL waits for offload (it cannot be removed).
     fn check_disk(&mut self, tl: &Timeline, off: &Offload, st: &TimelineStatus) {
+        // Only WAL waiting for offload makes a low disk worth reporting: no statvfs per
+        // timeline per tick otherwise.
+        if self.backlog == 0 && !self.disk_low {
+            return;
+        }
         let Some((free, total)) = disk_space(tl.dir()) else {
             return;
         };
