@@ -174,11 +174,13 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
         .collect::<anyhow::Result<_>>()?;
     let mut saw_error = false;
     let mut saw_warning = false;
+    let mut saw_backlog = false;
     while outage.elapsed() < Duration::from_secs(30) {
         for s in &sks {
             let st = status(s, &ttid)?;
             saw_error |= st["offload"]["last_error"].is_string();
             saw_warning |= st["offload"]["disk_warning"].is_string();
+            saw_backlog |= st["offload"]["backlog_segments"].as_u64() > Some(0);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -217,7 +219,7 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
         String::from_utf8_lossy(&pgbench_out.stdout),
         String::from_utf8_lossy(&pgbench_out.stderr)
     );
-    let backlog_seen = saw_error && saw_warning;
+    let backlog_seen = saw_error && saw_warning && saw_backlog;
 
     // Catch-up: everything below the commit position's segment is offloaded on all, and
     // removed locally.
@@ -256,7 +258,7 @@ fn offload_to_s3_through_a_kill_cut_uploads_and_an_outage() -> anyhow::Result<()
     }
     ensure!(
         backlog_seen,
-        "no error or disk warning shown while the store was down"
+        "no error, disk warning or backlog shown while the store was down"
     );
 
     // The bucket: every complete segment exactly once, equal to the primary's WAL.

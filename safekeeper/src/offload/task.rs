@@ -99,7 +99,7 @@ impl Worker {
                 if theirs > st.backup_lsn {
                     let _ = tl.submit(Input::Progress(Progress::Backup(theirs)));
                 }
-                self.set_backlog(off, 0);
+                self.set_backlog(tl, off, 0);
                 theirs.max(st.backup_lsn)
             }
         };
@@ -121,7 +121,7 @@ impl Worker {
         let mut segno = first.segment_number(seg_size);
         // Segments below `end` are complete and committed.
         let end = st.commit_lsn.min(st.flush_lsn).segment_number(seg_size);
-        self.set_backlog(off, end.saturating_sub(segno));
+        self.set_backlog(tl, off, end.saturating_sub(segno));
         let mut reached = st.backup_lsn;
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return reached;
@@ -158,7 +158,7 @@ impl Worker {
                     segno += 1;
                     reached = Lsn(segno * seg);
                     let _ = tl.submit(Input::Progress(Progress::Backup(reached)));
-                    self.set_backlog(off, end - segno);
+                    self.set_backlog(tl, off, end - segno);
                     self.succeeded(tl);
                 }
                 Err(e) => {
@@ -242,10 +242,13 @@ impl Worker {
         });
     }
 
-    fn set_backlog(&mut self, off: &Offload, n: u64) {
+    /// The complete segments waiting for upload: in the server's gauge and the
+    /// timeline's status.
+    fn set_backlog(&mut self, tl: &Timeline, off: &Offload, n: u64) {
         let delta = n as i64 - self.backlog as i64;
         if delta != 0 {
             off.metrics.backup_backlog_segments.inc_by(delta);
+            tl.update_offload_state(|s| s.backlog_segments = n);
         }
         self.backlog = n;
     }
