@@ -44,6 +44,7 @@ fn create_timelines(addr: &str, n: usize, concurrency: usize) -> anyhow::Result<
                 max_in_flight: 16 << 20,
                 pacing: Pacing::Pipelined,
                 final_wait: Duration::from_secs(10),
+                token: None,
             };
             let addrs = vec![addr.to_string()];
             set.spawn(async move { generate::run(conf, addrs, opts).await.map(|_| ()) });

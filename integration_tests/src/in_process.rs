@@ -145,7 +145,7 @@ impl InProcessSafekeeper {
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let pg_addr = pg.local_addr()?.to_string();
         let http_addr = http.local_addr()?;
-        let task = tokio::spawn(server.run(pg, http));
+        let task = tokio::spawn(server.run(pg, http, None));
         Ok(InProcessSafekeeper {
             ctx,
             pg_addr,

@@ -44,10 +44,22 @@ pub struct PgCluster {
     running: bool,
 }
 
-/// A port nobody listens on right now (the kernel picks it).
+/// A port nobody listens on right now (the kernel picks it), and never handed out before
+/// by this process: the kernel may give a port just released to the next `bind(0)`, and
+/// tests running in parallel would then start two servers on one port (one fails to bind,
+/// and its readiness check sees the other one listening).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no unused port after 1000 tries")
 }
 
 impl PgCluster {

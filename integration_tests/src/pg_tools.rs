@@ -63,12 +63,19 @@ pub fn pg_os_user_ids() -> anyhow::Result<(u32, u32)> {
 /// root, directly otherwise. Directories it writes must be owned by that user (see
 /// [`give_to_pg_user`]).
 pub fn server_command(name: &str) -> Command {
+    server_command_in(pg_bindir(), name)
+}
+
+/// [`server_command`] for the program `name` of another PostgreSQL build's `bindir`
+/// (e.g. Neon's compute).
+pub fn server_command_in(bindir: &Path, name: &str) -> Command {
+    let program = bindir.join(name);
     if running_as_root() {
         let mut cmd = Command::new("runuser");
-        cmd.args(["-u", PG_OS_USER, "--"]).arg(pg_bin(name));
+        cmd.args(["-u", PG_OS_USER, "--"]).arg(program);
         cmd
     } else {
-        Command::new(pg_bin(name))
+        Command::new(program)
     }
 }
 

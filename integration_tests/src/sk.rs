@@ -35,6 +35,19 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         // Both binaries are named after their package.
         cmd.args(["build", "-p", name, "--bin", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` sets these for the test process; build scripts that watch them
+        // (ring's does) would otherwise rerun here and again in the next outer build,
+        // rebuilding ring and everything above it each time.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         if profile == "release" {
             cmd.arg("--release");
         }
@@ -43,6 +56,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         built.push(name.to_string());
     }
     dir.join(name)
+}
+
+/// The `wal: A .. B` range `walproposer generate` prints: (start, end).
+pub fn generated_wal_range(stdout: &str) -> anyhow::Result<(Lsn, Lsn)> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("wal:"))
+        .with_context(|| format!("no wal: line in {stdout}"))?;
+    let (a, b) = line.split_once("..").context("wal: A .. B")?;
+    Ok((a.trim().parse()?, b.trim().parse()?))
 }
 
 /// A `safekeeper` process.

@@ -49,8 +49,24 @@ impl TestProposer {
         version: ProtocolVersion,
         allow_creation: bool,
     ) -> anyhow::Result<TestProposer> {
-        let ci = Conninfo::for_timeline(addr, ttid.tenant_id, ttid.timeline_id, "test_proposer");
-        let mut conn = pq_client::connect(&ci).await?;
+        Self::connect_with_password(addr, ttid, version, allow_creation, None).await
+    }
+
+    /// [`TestProposer::connect`] sending `password` (a JWT) if the safekeeper asks for
+    /// one; an ErrorResponse of the startup or of START_WAL_PUSH is a [`ServerError`].
+    pub async fn connect_with_password(
+        addr: &str,
+        ttid: TenantTimelineId,
+        version: ProtocolVersion,
+        allow_creation: bool,
+        password: Option<&str>,
+    ) -> anyhow::Result<TestProposer> {
+        let mut ci =
+            Conninfo::for_timeline(addr, ttid.tenant_id, ttid.timeline_id, "test_proposer");
+        if let Some(p) = password {
+            ci.set("password", p);
+        }
+        let mut conn = pq_client::connect(&ci).await.map_err(server_error_of)?;
         let q = match version {
             ProtocolVersion::V2 if allow_creation => "START_WAL_PUSH".to_string(),
             v => format!(
@@ -59,7 +75,9 @@ impl TestProposer {
                 allow_creation
             ),
         };
-        pq_client::start_copy(&mut conn, &q).await?;
+        pq_client::start_copy(&mut conn, &q)
+            .await
+            .map_err(server_error_of)?;
         Ok(TestProposer {
             conn,
             version,
@@ -244,6 +262,14 @@ pub fn history(entries: &[(u64, Lsn)]) -> TermHistory {
             })
             .collect(),
     )
+}
+
+/// A client error, with a server's ErrorResponse as a [`ServerError`].
+fn server_error_of(e: pq_client::PgError) -> anyhow::Error {
+    match e {
+        pq_client::PgError::Server(f) => ServerError(f).into(),
+        other => other.into(),
+    }
 }
 
 /// The server's ErrorResponse inside an error from [`TestProposer`], if that is what it is.

@@ -16,7 +16,6 @@ use pq_client::PgError;
 use pq_proto::backend::SqlState;
 use pq_proto::proposer::ProtocolVersion;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, TenantId, TenantTimelineId, Term, TimelineId};
 
@@ -76,7 +75,10 @@ fn assert_no_big_allocation(before: Mem, after: Mem, what: &str) {
 }
 
 /// Reads until the server closes the connection (bounded); returns what it sent.
-async fn read_until_closed(sock: &mut TcpStream, what: &str) -> anyhow::Result<Vec<u8>> {
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    sock: &mut S,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -191,19 +193,26 @@ async fn bad_input_ends_only_its_connection() -> anyhow::Result<()> {
         assert_serving(&mut sk, &ttid, &expected, &what);
     }
 
-    // A query message claiming 2 GiB after a good startup.
-    {
-        let what = "Query of 2 GiB";
+    // Query messages claiming 2 GiB, 1 GiB or a length below its own field, after a good
+    // startup: an ErrorResponse (08P01) saying what is wrong, as PostgreSQL sends, then
+    // the connection is closed.
+    for len in [0x8000_0000u32, 0x4000_0000, 0] {
+        let what = format!("Query of length {len:#x}");
         let before = mem(&sk)?;
         let mut conn = pq_client::connect(&conninfo(&sk.addr(), &ttid, "test")).await?;
         conn.write_buf().put_u8(b'Q');
-        conn.write_buf().put_u32(0x8000_0000);
+        conn.write_buf().put_u32(len);
         conn.write_buf().put_slice(b"IDENTIFY_SYSTEM");
         let _ = conn.flush().await;
         let mut sock = conn.into_inner();
-        read_until_closed(&mut sock, what).await?;
-        assert_no_big_allocation(before, mem(&sk)?, what);
-        assert_serving(&mut sk, &ttid, &expected, what);
+        let got = read_until_closed(&mut sock, &what).await?;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            got.first() == Some(&b'E') && text.contains("C08P01") && text.contains("length"),
+            "{what}: no ErrorResponse before the close: {text:?}"
+        );
+        assert_no_big_allocation(before, mem(&sk)?, &what);
+        assert_serving(&mut sk, &ttid, &expected, &what);
     }
 
     // An unknown command is an ERROR with a SQLSTATE; the session goes on.
@@ -386,6 +395,170 @@ async fn corrupt_record_is_refused_and_never_reported() -> anyhow::Result<()> {
         (status.flush_lsn, status.term, status.last_log_term),
         (recs[2].end_lsn, Term(2), Term(2))
     );
+    sk.assert_no_panics();
+    Ok(())
+}
+
+/// ProposerElected with a malformed term history (unsorted, a repeated term, decreasing
+/// switch points, a last term other than the elected one): refused with 08P01 naming the
+/// rule, the connection closed, and nothing stored: a later VoteResponse, also after a
+/// restart, carries the history the acceptor had before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_term_histories_are_refused_and_never_stored() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut generator = WalGenerator::new(START, CLUSTER.system_id, CLUSTER.wal_seg_size, 15)?;
+    let wal = GeneratedWal::generate(&mut generator, 64 * 1024)?;
+    let end = wal.end();
+    let mut p = elected(&sk, ttid, 1, START).await?;
+    p.push(Term(1), START, &wal.wal).await?;
+    drop(p);
+    let good = history(&[(1, START)]);
+    let cases = [
+        (
+            history(&[(1, START), (4, end), (3, end), (5, end)]),
+            5,
+            "strictly increase",
+        ),
+        (
+            history(&[(1, START), (1, end), (5, end)]),
+            5,
+            "strictly increase",
+        ),
+        (
+            history(&[(1, START), (3, end), (5, START)]),
+            5,
+            "must not decrease",
+        ),
+        (history(&[(1, START), (3, end)]), 5, "not the elected term"),
+    ];
+    for (i, (bad, term, rule)) in cases.into_iter().enumerate() {
+        let term = Term(term + i as u64 * 10);
+        let mut bad = bad;
+        if let Some(last) = bad.0.last_mut()
+            && last.term == Term(5)
+        {
+            last.term = term;
+        }
+        let what = format!("history {bad:?} in term {term}");
+        let mut p = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, true).await?;
+        p.greet(CLUSTER).await?;
+        let v = p.vote(term).await?;
+        assert!(v.vote_given, "{what}: {v:?}");
+        assert_eq!(
+            v.term_history, good,
+            "{what}: a bad history was stored before"
+        );
+        p.elect(term, bad, end).await?;
+        let e = match tokio::time::timeout(Duration::from_secs(10), p.recv()).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(m)) => bail!("{what}: answered with {m:?}"),
+            Err(_) => bail!("{what}: no answer in 10 s"),
+        };
+        let f = server_error(&e).with_context(|| format!("{what}: no ErrorResponse: {e:#}"))?;
+        assert_eq!(f.code, SqlState::PROTOCOL_VIOLATION, "{what}: {f:?}");
+        assert!(f.message.contains(rule), "{what}: {f:?}");
+        let mut sock = p.into_conn().into_inner();
+        read_until_closed(&mut sock, &what).await?;
+    }
+    // After a restart the stored history is still the good one.
+    sk.restart_same_ports()?;
+    let mut p = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, true).await?;
+    p.greet(CLUSTER).await?;
+    let v = p.vote(Term(100)).await?;
+    assert!(v.vote_given, "{v:?}");
+    assert_eq!(v.term_history, good);
+    assert_eq!(v.flush_lsn, end);
+    sk.assert_no_panics();
+    Ok(())
+}
+
+/// Startup `options` that cannot be parsed are refused (22023) rather than ignored, and
+/// a 1 MiB AppendRequest is refused naming the 128 KiB limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_options_and_oversized_appends_are_named() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sk = Safekeeper::start(1, &dir.path().join("sk1"), false)?;
+    let out = run_unchecked(
+        Command::new(pg_bin("psql"))
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres replication=1 sslmode=disable options='-c -c -c =tenant_id='",
+                sk.pg_port
+            ))
+            .args(["-X", "-c", "IDENTIFY_SYSTEM"]),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("invalid startup options") && stderr.contains("name=value"),
+        "{stderr}"
+    );
+
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut p = elected(&sk, ttid, 1, START).await?;
+    p.append(
+        Term(1),
+        START,
+        Bytes::from(vec![0u8; 1 << 20]),
+        Lsn::INVALID,
+    )
+    .await?;
+    let e = p
+        .append_response()
+        .await
+        .expect_err("a 1 MiB AppendRequest must be refused");
+    let f = server_error(&e).with_context(|| format!("no ErrorResponse: {e:#}"))?;
+    assert_eq!(f.code, SqlState::PROTOCOL_VIOLATION, "{f:?}");
+    assert!(f.message.contains("128 KiB"), "{f:?}");
+    sk.assert_no_panics();
+    Ok(())
+}
+
+/// 1,000 connections that finish their startup, then each start a query they never finish
+/// (half claim 15 MiB, refused from the length alone; half stay just under the command
+/// limit) and never read: the server's memory grows by at most 64 MiB, and every other
+/// client is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_hostile_connections_do_not_balloon_memory() -> anyhow::Result<()> {
+    const MIB: u64 = 1024;
+    let dir = tempfile::tempdir()?;
+    let mut sk = Safekeeper::start_with_args(
+        1,
+        &dir.path().join("sk1"),
+        false,
+        &["--max-connections", "1200"],
+    )?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let mut generator = WalGenerator::new(START, CLUSTER.system_id, CLUSTER.wal_seg_size, 15)?;
+    let wal = GeneratedWal::generate(&mut generator, 64 * 1024)?;
+    let mut p = elected(&sk, ttid, 1, START).await?;
+    p.push(Term(1), START, &wal.wal).await?;
+    drop(p);
+    let expected = sk.timeline_status(&ttid)?;
+    let before = mem(&sk)?;
+    let mut conns = Vec::new();
+    for i in 0..1000u32 {
+        let mut conn = pq_client::connect(&conninfo(&sk.addr(), &ttid, "hostile")).await?;
+        let len: u32 = if i % 2 == 0 { 15 << 20 } else { 16 * 1024 - 1 };
+        let buf = conn.write_buf();
+        buf.put_u8(b'Q');
+        buf.put_u32(len);
+        buf.put_bytes(b'x', 8 * 1024);
+        let _ = conn.flush().await;
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = mem(&sk)?;
+    println!("1000 hostile connections: {before:?} -> {during:?}");
+    assert!(
+        during.rss < before.rss + 64 * MIB,
+        "resident memory grew by {} KiB",
+        during.rss - before.rss
+    );
+    // The server still answers others meanwhile.
+    assert_serving(&mut sk, &ttid, &expected, "during 1000 hostile connections");
+    drop(conns);
     sk.assert_no_panics();
     Ok(())
 }

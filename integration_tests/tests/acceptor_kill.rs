@@ -199,7 +199,16 @@ async fn recover_and_finish(
         flushes.last().copied().unwrap_or(start),
         real.end_of_records
     );
-    let status = sk.timeline_status(&ttid)?;
+    // With nothing left to push, ProposerElected (which has no answer) may still be on its
+    // way through the timeline's inbox when we look: wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = sk.timeline_status(&ttid)?;
+        if status.last_log_term == Term(2) || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     ensure_eq!(status.flush_lsn, real.end_of_records);
     ensure_eq!((status.term, status.last_log_term), (Term(2), Term(2)));
     let ours = read_wal_range(&sk.timeline_dir(&ttid), real.start, real.end_of_records)?;

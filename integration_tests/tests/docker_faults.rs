@@ -1,6 +1,6 @@
 //! The quorum in containers (docker-compose.yml, images from scripts/docker/build), with
 //! faults across hosts: a safekeeper container stopped, one cut off the network, two cut
-//! off, the compute killed. Each scenario is its own compose project (own network, volumes,
+//! off, the compute killed; and the `monitoring` profile's Prometheus scraping the three. Each scenario is its own compose project (own network, volumes,
 //! loopback ports and subnet), removed with `down -v` when it ends, failed or not.
 //!
 //! They skip, loudly, only when `docker info` fails. They run one at a time (see
@@ -32,6 +32,16 @@ fn scenario(
     salt: u32,
     body: impl FnOnce(&Stack) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    scenario_on(name, salt, Stack::new, body)
+}
+
+/// [`scenario`] on a project made by `new` (e.g. [`Stack::with_monitoring`]).
+fn scenario_on(
+    name: &str,
+    salt: u32,
+    new: fn(&str, u32) -> anyhow::Result<Stack>,
+    body: impl FnOnce(&Stack) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if let Some(why) = docker_unavailable() {
         eprintln!(
             "\n!!!!!!!! SKIPPED docker_faults::{name}: `docker info` fails, so the quorum was NOT \
@@ -48,7 +58,7 @@ fn scenario(
         .filter(char::is_ascii_alphanumeric)
         .take(12)
         .collect();
-    let stack = Stack::new(&short, salt)?;
+    let stack = new(&short, salt)?;
     let res = body(&stack);
     eprintln!("docker_faults::{name}: {:.1?}", started.elapsed());
     res.map_err(|e| {
@@ -386,6 +396,52 @@ fn compute_killed_mid_stream_and_restarted_loses_no_committed_transaction() -> a
             "each restarted bridge wins a new term: {statuses:?}"
         );
         s.assert_identical_wal(flush)?;
+        Ok(())
+    })
+}
+
+/// The `monitoring` profile: the deployment's own Prometheus (Debian's binary in a FROM
+/// scratch image) scrapes the three safekeepers by service name; its query API shows each
+/// `up`, WAL received by each after a commit through the quorum, and the timeline active on
+/// all three.
+#[test]
+fn monitoring_profile_prometheus_scrapes_the_three_safekeepers() -> anyhow::Result<()> {
+    use integration_tests::prometheus::{targets, wait_for};
+    scenario_on("monitoring", 6, Stack::with_monitoring, |s| {
+        docker(&["image", "inspect", "--format", "{{.Id}}", "safekeeper-prometheus:local"])
+            .context("the Prometheus image (scripts/docker/build builds it when /usr/bin/prometheus is installed)")?;
+        s.up()?;
+        let addr = s.prometheus_addr();
+        let limit = Duration::from_secs(90);
+        let three_ones = |v: &[integration_tests::prometheus::Sample]| {
+            v.len() == 3 && v.iter().all(|x| x.value == 1.0)
+        };
+        let up = wait_for(&addr, r#"up{job="safekeeper"}"#, limit, three_ones)?;
+        let mut instances: Vec<_> = up.iter().filter_map(|x| x.label("instance")).collect();
+        instances.sort();
+        ensure!(
+            instances == ["sk1:7676", "sk2:7676", "sk3:7676"],
+            "instances: {instances:?}"
+        );
+        wait_for(
+            &addr,
+            "count(safekeeper_wal_received_bytes_total > 0)",
+            limit,
+            |v| v.first().is_some_and(|x| x.value == 3.0),
+        )?;
+        wait_for(
+            &addr,
+            r#"sum(safekeeper_timelines{state="active"})"#,
+            limit,
+            |v| v.first().is_some_and(|x| x.value == 3.0),
+        )?;
+        let t = targets(&addr)?;
+        ensure!(
+            t.len() == 3
+                && t.iter()
+                    .all(|x| x.health == "up" && x.last_error.is_empty()),
+            "targets: {t:?}"
+        );
         Ok(())
     })
 }

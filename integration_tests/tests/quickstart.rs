@@ -14,6 +14,8 @@ fn quickstart_runs_and_exits_cleanly() -> anyhow::Result<()> {
     let out = Command::new(root.join("scripts/quickstart"))
         .env("QS_DIR", dir.path().join("qs"))
         .env("QS_PORT_BASE", base.to_string())
+        // The debug binaries the other tests use: a release build would add minutes to CI.
+        .env("QS_PROFILE", "debug")
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(

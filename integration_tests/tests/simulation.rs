@@ -15,8 +15,9 @@
 //! `SK_SIM_SILENT=0` (no silent message faults), `SK_SIM_CORRUPT=0` (no corrupted WAL in
 //! flight), `SK_SIM_UNBOUNDED_SOURCE=1` (the source may outrun the proposer's window),
 //! `SK_SIM_AUX=0` (core invariants only),
-//! `SK_SIM_MUTATION=drop-vote-persist|grant-every-vote|drop-flush`, `SK_SIM_THREADS`,
-//! `SK_SIM_PER_SEED=1` (one line per seed).
+//! `SK_SIM_MUTATION=drop-vote-persist|grant-every-vote|drop-flush|skip-term-bump`, `SK_SIM_THREADS`,
+//! `SK_SIM_PER_SEED=1` (one line per seed), `SK_SIM_MEMBERSHIP_RATE` (how often membership
+//! changes start, relative to the default; 0 for none).
 
 use std::time::Instant;
 
@@ -49,7 +50,7 @@ fn elected_node(start: Lsn) -> (AcceptorNode, ProposerMessage) {
     let mut node = AcceptorNode::new(0, Mutation::None, true);
     sent(node.propose(1, vote(1), None));
     let elected = ProposerMessage::Elected(ProposerElected {
-        generation: Generation(0),
+        generation: Generation(1),
         term: Term(1),
         start_streaming_at: start,
         term_history: TermHistory(vec![TermLsn {
@@ -64,7 +65,7 @@ fn elected_node(start: Lsn) -> (AcceptorNode, ProposerMessage) {
 /// A VoteRequest for `term`.
 fn vote(term: u64) -> ProposerMessage {
     ProposerMessage::VoteRequest(VoteRequest {
-        generation: Generation(0),
+        generation: Generation(1),
         term: Term(term),
     })
 }
@@ -73,7 +74,7 @@ fn vote(term: u64) -> ProposerMessage {
 fn append(begin: Lsn, data: Bytes) -> ProposerMessage {
     ProposerMessage::AppendRequest(AppendRequest {
         h: AppendRequestHeader {
-            generation: Generation(0),
+            generation: Generation(1),
             term: Term(1),
             begin_lsn: begin,
             end_lsn: Lsn(begin.0 + data.len() as u64),
@@ -102,6 +103,12 @@ fn env_flag(name: &str) -> Option<bool> {
 /// Options from the environment, over the defaults.
 fn options() -> SimOptions {
     let mut o = SimOptions::default();
+    if let Some(r) = std::env::var("SK_SIM_MEMBERSHIP_RATE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        o.membership_rate = r;
+    }
     if let Some(s) = env_u64("SK_SIM_STEPS") {
         o.steps = s;
     }
@@ -218,6 +225,12 @@ fn replay() {
 fn assert_caught(mutation: Mutation, expected: &[&str]) {
     let opts = SimOptions {
         mutation,
+        // A broken membership change shows only where changes are frequent.
+        membership_rate: if mutation == Mutation::SkipTermBump {
+            20.0
+        } else {
+            1.0
+        },
         aux_checks: false,
         settle_steps: 0,
         ..options()
@@ -266,10 +279,25 @@ fn acceptor_granting_every_vote_is_caught() {
     );
 }
 
-/// An acceptor that acknowledges WAL it never fdatasynced.
+/// A membership change finished without raising the new set's term to the old set's
+/// highest (Neon's `term_bump` step): a member re-added with a fresh copy has forgotten
+/// its promises, and a term is won twice.
+#[test]
+fn membership_change_without_the_term_bump_is_caught() {
+    assert_caught(
+        Mutation::SkipTermBump,
+        &["ElectionSafety", "LogSafety", "NoCommittedLoss"],
+    );
+}
+
+/// An acceptor that acknowledges WAL it never fdatasynced: its restart finds WAL below
+/// the durable-flush watermark gone (AckedWalIntact), unless the loss shows first.
 #[test]
 fn acceptor_skipping_fsync_is_caught() {
-    assert_caught(Mutation::DropFlush, &["NoCommittedLoss", "LogSafety"]);
+    assert_caught(
+        Mutation::DropFlush,
+        &["NoCommittedLoss", "LogSafety", "AckedWalIntact"],
+    );
 }
 
 #[test]

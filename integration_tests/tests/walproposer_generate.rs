@@ -5,9 +5,11 @@
 use std::process::Command;
 
 use anyhow::{Context, ensure};
+use integration_tests::pg_tools::pg_waldump;
 use integration_tests::pg_tools::run;
-use integration_tests::real_wal::read_wal_range;
+use integration_tests::real_wal::{SEG, read_wal_range, segments_for_waldump};
 use integration_tests::sk::{Safekeeper, workspace_bin};
+use utils::xlog::xlog_file_name;
 use utils::{Lsn, TenantId, TenantTimelineId, TimelineId};
 
 fn start_three(dir: &std::path::Path) -> anyhow::Result<Vec<Safekeeper>> {
@@ -19,28 +21,29 @@ fn start_three(dir: &std::path::Path) -> anyhow::Result<Vec<Safekeeper>> {
 /// Runs generate with `args` on a new timeline; its stdout and the timeline.
 fn generate(sks: &[Safekeeper], args: &[&str]) -> anyhow::Result<(String, TenantTimelineId)> {
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    Ok((generate_on(sks, &ttid, args)?, ttid))
+}
+
+/// Runs generate with `args` on `ttid` (new or existing); its stdout.
+fn generate_on(
+    sks: &[Safekeeper],
+    ttid: &TenantTimelineId,
+    args: &[&str],
+) -> anyhow::Result<String> {
     let list = sks
         .iter()
         .map(Safekeeper::addr)
         .collect::<Vec<_>>()
         .join(",");
-    let out = run(Command::new(workspace_bin("walproposer"))
+    run(Command::new(workspace_bin("walproposer"))
         .args(["generate", "--safekeepers", &list])
         .args(["--tenant-id", &ttid.tenant_id.to_string()])
         .args(["--timeline-id", &ttid.timeline_id.to_string()])
-        .args(args))?;
-    Ok((out, ttid))
+        .args(args))
 }
 
 fn end_lsn(stdout: &str) -> anyhow::Result<Lsn> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("wal:"))
-        .and_then(|l| l.split("..").nth(1))
-        .context("no wal: line")?
-        .trim()
-        .parse()
-        .context("end LSN")
+    Ok(integration_tests::sk::generated_wal_range(stdout)?.1)
 }
 
 /// Every safekeeper flushed and committed up to `end`, with identical bytes.
@@ -56,6 +59,48 @@ fn all_hold(sks: &[Safekeeper], ttid: &TenantTimelineId, end: Lsn) -> anyhow::Re
         );
         ensure!(read_wal_range(&sk.timeline_dir(ttid), start, end)? == first);
     }
+    Ok(())
+}
+
+/// A second `generate` on a timeline whose last record spans into a segment where no
+/// record starts: its first record's xl_prev must point at that long record (found by
+/// searching back a segment), so `pg_waldump` reads the whole timeline.
+#[test]
+fn continuing_after_a_record_spanning_segments_links_back_to_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sks = start_three(dir.path())?;
+    // One 20 MiB record: from segment 1 into segment 2, which holds only its tail.
+    let (out, ttid) = generate(&sks, &["--records", "1", "--record-size", "20M"])?;
+    let end1 = end_lsn(&out)?;
+    ensure!(end1.segment_number(SEG) == 2, "{out}");
+    let out = generate_on(&sks, &ttid, &["--records", "3", "--record-size", "100"])?;
+    let end2 = end_lsn(&out)?;
+    all_hold(&sks, &ttid, end2)?;
+    let last = end2.segment_number(SEG);
+    let copy = segments_for_waldump(&sks[0].timeline_dir(&ttid), 1, last)?;
+    let dump = pg_waldump(
+        copy.path(),
+        &xlog_file_name(1, 1, SEG),
+        Some(&xlog_file_name(1, last, SEG)),
+        &[],
+    )?;
+    ensure!(
+        dump.records.len() == 4,
+        "{:?}\n{}",
+        dump.records,
+        dump.stderr
+    );
+    ensure!(
+        dump.records[1].lsn == end1 && dump.records[1].prev == dump.records[0].lsn,
+        "{:?}",
+        dump.records
+    );
+    ensure!(
+        dump.stderr
+            .contains(&format!("invalid record length at {end2}")),
+        "{}",
+        dump.stderr
+    );
     Ok(())
 }
 
@@ -144,6 +189,7 @@ fn a_finished_generator_leaves_no_connection_behind() -> anyhow::Result<()> {
         max_in_flight: 16 << 20,
         pacing: Pacing::Pipelined,
         final_wait: std::time::Duration::from_secs(10),
+        token: None,
     };
     rt.block_on(generate::run(conf, vec![sk.addr()], opts))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

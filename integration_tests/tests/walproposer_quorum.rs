@@ -106,13 +106,7 @@ fn generate_through_a_kill_then_sync() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{stdout}");
-    let end: Lsn = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("wal:"))
-        .and_then(|l| l.split("..").nth(1))
-        .context("no wal: line")?
-        .trim()
-        .parse()?;
+    let end = integration_tests::sk::generated_wal_range(&stdout)?.1;
     ensure!(end.0 >= 0x0100_0028 + total, "pushed only up to {end}");
     ensure!(killed_at < end);
 
@@ -287,6 +281,67 @@ async fn sync_reconciles_a_lagging_and_a_divergent_safekeeper() -> anyhow::Resul
     ensure!(
         ours == winner[..],
         "the WAL after {e1} is not the winning tail"
+    );
+    Ok(())
+}
+
+/// `sync` greets with the timeline's real PostgreSQL version, asked from the safekeepers
+/// (Neon's safekeeper refuses version 0); with none knowing it, it asks for
+/// `--pg-version`; a version of another major is refused by the safekeepers.
+#[test]
+fn sync_greets_with_the_timelines_pg_version() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sks = start_three(dir.path())?;
+    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    run(Command::new(workspace_bin("walproposer"))
+        .args(["generate", "--safekeepers", &addrs(&sks), "--bytes", "256k"])
+        .args(["--pg-version", "160002"])
+        .args(ids_args(&ttid)))?;
+    let end = sync(&sks, &ttid)?;
+    for sk in &sks {
+        let log = sk.log();
+        let greetings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("proposer greeting"))
+            .collect();
+        ensure!(greetings.len() >= 2, "safekeeper {}: {greetings:?}", sk.id);
+        ensure!(
+            greetings.iter().all(|l| l.contains("pg_version=160002")),
+            "safekeeper {}: {greetings:?}",
+            sk.id
+        );
+        ensure!(sk.timeline_status(&ttid)?.flush_lsn == end);
+    }
+
+    // A timeline no safekeeper holds: sync cannot know the version.
+    let new = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
+    let o = integration_tests::pg_tools::run_unchecked(
+        Command::new(workspace_bin("walproposer"))
+            .args(["sync", "--safekeepers", &addrs(&sks), "--timeout", "10"])
+            .args(ids_args(&new)),
+    )?;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success() && stderr.contains("--pg-version"),
+        "{stderr}"
+    );
+
+    // The flag is what is sent: another major is refused by the safekeepers.
+    let o = integration_tests::pg_tools::run_unchecked(
+        Command::new(workspace_bin("walproposer"))
+            .args(["sync", "--safekeepers", &addrs(&sks), "--timeout", "10"])
+            .args(["--pg-version", "150004"])
+            .args(ids_args(&ttid)),
+    )?;
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success(),
+        "synced with another major version: {stderr}"
+    );
+    ensure!(
+        sks[0].log().contains("pg_version=150004"),
+        "{}",
+        sks[0].log()
     );
     Ok(())
 }

@@ -1,29 +1,58 @@
-//! [`connect`]: opening a connection, the startup packet and authentication.
+//! [`connect`]: opening a connection, TLS negotiation, the startup packet and
+//! authentication.
 //!
-//! Owns: the startup parameters sent (user, database, application_name, options,
-//! replication), trust, cleartext, MD5 and SCRAM-SHA-256 authentication, and [`PgConn`].
-//! Must never: send a password the server did not ask for, or accept a SASL mechanism other
-//! than SCRAM-SHA-256.
+//! Owns: the SSLRequest exchange and the handshake (the mode's rules are in
+//! [`crate::tls`]), the startup parameters sent (user, database, application_name,
+//! options, replication), trust, cleartext, MD5 and SCRAM-SHA-256 authentication, and
+//! [`PgConn`]. Must never: send a password the server did not ask for, accept a SASL
+//! mechanism other than SCRAM-SHA-256, or use bytes the server sent between its `S` and
+//! the handshake (they could be an attacker's: CVE-2021-23222).
 
 use bytes::{Bytes, BytesMut};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use pq_proto::backend::{Authentication, BeMessage};
-use pq_proto::framed::Framed;
+use pq_proto::framed::{Framed, Stream};
 use pq_proto::frontend::{FeMessage, FeStartupPacket};
 use tokio::net::TcpStream;
 
 use crate::conninfo::Conninfo;
 use crate::error::{PgError, unexpected};
 use crate::query::read;
+use crate::tls::{SslMode, SslSettings, server_name};
 
-/// A client connection.
-pub type PgConn = Framed<TcpStream>;
+/// A client connection (plain or TLS, as `sslmode` decided).
+pub type PgConn = Framed<Stream>;
 
-/// Connects and authenticates; the connection is then ready for queries.
+/// Connects, negotiates TLS as `sslmode` says (see [`SslSettings::from_conninfo`]) and
+/// authenticates; the connection is then ready for queries.
 ///
-/// `user` defaults to `PGUSER`, then `postgres`; `password` to `PGPASSWORD`.
+/// `user` defaults to `PGUSER`, then `postgres`; `password` to `PGPASSWORD`. As in libpq,
+/// `allow` retries with TLS when the plain connection is refused, and `prefer` retries
+/// in plain text when the TLS handshake fails or the server refuses the TLS connection.
 pub async fn connect(ci: &Conninfo) -> Result<PgConn, PgError> {
+    let ssl = SslSettings::from_conninfo(ci)?;
+    match ssl.mode {
+        SslMode::Allow => match connect_with(ci, &ssl, false).await {
+            Err(PgError::Server(_)) => connect_with(ci, &ssl, true).await,
+            r => r,
+        },
+        SslMode::Prefer => match connect_with(ci, &ssl, true).await {
+            Err(PgError::Server(_) | PgError::TlsHandshake { .. }) => {
+                connect_with(ci, &ssl, false).await
+            }
+            r => r,
+        },
+        SslMode::Disable => connect_with(ci, &ssl, false).await,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            connect_with(ci, &ssl, true).await
+        }
+    }
+}
+
+/// Opens the TCP connection and, with `tls`, asks for TLS (the server may refuse: then
+/// the connection stays plain unless the mode requires TLS).
+async fn open(ci: &Conninfo, ssl: &SslSettings, tls: bool) -> Result<PgConn, PgError> {
     let addr = ci.addr();
     let stream = TcpStream::connect(&addr)
         .await
@@ -32,7 +61,39 @@ pub async fn connect(ci: &Conninfo) -> Result<PgConn, PgError> {
             source,
         })?;
     let _ = stream.set_nodelay(true);
-    let mut conn = Framed::new(stream);
+    let mut conn = Framed::new(Stream::Plain(stream));
+    let config = match ssl.client_config()? {
+        Some(c) if tls => c,
+        _ => return Ok(conn),
+    };
+    let name = server_name(ci)?;
+    conn.write_startup(&FeStartupPacket::SslRequest);
+    conn.flush().await?;
+    match conn.read_encryption_response().await? {
+        None => Err(PgError::Closed),
+        Some(b'S') => {
+            if !conn.read_buffer().is_empty() {
+                return Err(PgError::Unexpected(
+                    "unencrypted data after the server's SSL response".into(),
+                ));
+            }
+            let Stream::Plain(tcp) = conn.into_inner() else {
+                unreachable!("the stream was opened plain just above")
+            };
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|source| PgError::TlsHandshake { addr, source })?;
+            Ok(Framed::new(Stream::Tls(Box::new(tls.into()))))
+        }
+        Some(_) if ssl.mode.requires_tls() => Err(PgError::SslNotSupported),
+        Some(_) => Ok(conn),
+    }
+}
+
+/// One connection attempt: TCP, TLS if `tls` (and the mode allows it), then startup.
+async fn connect_with(ci: &Conninfo, ssl: &SslSettings, tls: bool) -> Result<PgConn, PgError> {
+    let mut conn = open(ci, ssl, tls).await?;
     let user = ci
         .get("user")
         .map(str::to_string)

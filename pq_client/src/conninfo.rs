@@ -111,6 +111,19 @@ impl Conninfo {
         self
     }
 
+    /// The parameters, by name.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Sets every parameter of `other` (its values win).
+    pub fn extend(&mut self, other: &Conninfo) -> &mut Self {
+        for (k, v) in other.params() {
+            self.set(k, v);
+        }
+        self
+    }
+
     /// `host:port` to connect to (defaults: 127.0.0.1, 5432).
     pub fn addr(&self) -> String {
         let host = self
@@ -158,7 +171,12 @@ mod tests {
         assert_eq!(ci.get("user"), None);
         assert_eq!(ci.get("replication"), None);
         // Without a port, the safekeeper's default.
-        let ci = Conninfo::for_timeline("sk1", tenant, timeline, "x");
+        let mut ci = Conninfo::for_timeline("sk1", tenant, timeline, "x");
+        assert_eq!(ci.addr(), "sk1:5454");
+        // Extra parameters (walproposer's --safekeeper-conninfo) are added.
+        ci.extend(&Conninfo::parse("sslmode=verify-full sslrootcert=/ca.pem").unwrap());
+        assert_eq!(ci.get("sslmode"), Some("verify-full"));
+        assert_eq!(ci.get("sslrootcert"), Some("/ca.pem"));
         assert_eq!(ci.addr(), "sk1:5454");
     }
 }

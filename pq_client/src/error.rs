@@ -35,6 +35,29 @@ pub enum PgError {
     /// The connection string is malformed.
     #[error("invalid connection string: {0}")]
     Conninfo(String),
+    /// The server answered the SSLRequest with `N` but the `sslmode` requires TLS.
+    #[error("server does not support SSL, but SSL was required")]
+    SslNotSupported,
+    /// The TLS handshake failed (an untrusted certificate, a name mismatch, a server that
+    /// does not speak TLS after all).
+    #[error("SSL connection to {addr} failed: {source}")]
+    TlsHandshake {
+        /// The address.
+        addr: String,
+        /// The error (rustls' reason inside).
+        source: std::io::Error,
+    },
+    /// The root certificate file (`sslrootcert`) cannot be used.
+    #[error("could not read root certificate file \"{}\": {reason}", .path.display())]
+    RootCert {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// [`PgError::Unexpected`] from a description.

@@ -33,8 +33,14 @@ pub async fn simple_query(conn: &mut PgConn, q: &str) -> Result<Rows, PgError> {
     let mut rows = Vec::new();
     let mut error = None;
     loop {
-        match conn.read_be_message().await? {
-            None => return Err(PgError::Closed),
+        let msg = match conn.read_be_message().await {
+            Ok(m) => m,
+            // The server said why before it closed (a FATAL error): that is the answer.
+            Err(_) if error.is_some() => None,
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            None => return Err(error.map_or(PgError::Closed, PgError::Server)),
             Some(BeMessage::ErrorResponse(e)) => error = Some(e),
             Some(BeMessage::RowDescription(_)) => rows.clear(),
             Some(BeMessage::DataRow(cols)) => rows.push(

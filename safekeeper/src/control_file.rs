@@ -1,9 +1,14 @@
 //! The control file: a timeline's persistent state in one small file, replaced atomically.
 //!
 //! Layout: `magic u32 LE | format version u32 LE | body | CRC-32C u32 LE` where the body
-//! is bincode 1.3 (little-endian, fixed-width integers) of the private `ControlFileV1`
+//! is bincode 1.3 (little-endian, fixed-width integers) of the private `ControlFileV2`
 //! struct and the CRC covers every preceding byte. Only this module knows the encoding,
 //! so it can be swapped for a hand-written one without touching anything else.
+//!
+//! Versions: 2 (written) is version 1's body followed by the durable-flush watermark
+//! (`u64`). Version 1 is still read; its watermark is taken as the persisted commit_lsn
+//! (WAL there was durable on this safekeeper, and the restart scan starts there, so the
+//! check it enables is a no-op until the next persist writes the real value).
 //!
 //! Persisting writes `safekeeper.control.partial`, fsyncs it, renames it over
 //! `safekeeper.control` and fsyncs the directory: after a crash either the old or the new
@@ -27,9 +32,11 @@ pub const CONTROL_FILE_NAME: &str = "safekeeper.control";
 const PARTIAL_NAME: &str = "safekeeper.control.partial";
 /// "SKCF" read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"SKCF");
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// The previous format, still read.
+const FORMAT_VERSION_V1: u32 = 1;
 /// No legitimate control file comes near this; a larger one is not read into memory.
-const MAX_CONTROL_FILE_SIZE: u64 = 1024 * 1024;
+pub const MAX_CONTROL_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Why a control file could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +84,14 @@ struct ControlFileV1 {
     backup_lsn: u64,
     peer_horizon_lsn: u64,
     remote_consistent_lsn: u64,
+}
+
+/// Version 2: version 1's fields, then the watermark (bincode lays a nested struct's
+/// fields out inline, so the body is exactly version 1's body plus one `u64`).
+#[derive(Serialize, Deserialize)]
+struct ControlFileV2 {
+    v1: ControlFileV1,
+    durable_flush_lsn: u64,
 }
 
 fn members_to_v1(m: &[SafekeeperId]) -> Vec<MemberV1> {
@@ -127,9 +142,29 @@ impl From<&TimelineState> for ControlFileV1 {
     }
 }
 
+impl From<&TimelineState> for ControlFileV2 {
+    fn from(s: &TimelineState) -> Self {
+        ControlFileV2 {
+            v1: s.into(),
+            durable_flush_lsn: s.durable_flush_lsn.0,
+        }
+    }
+}
+
+impl From<ControlFileV2> for TimelineState {
+    fn from(c: ControlFileV2) -> Self {
+        TimelineState {
+            durable_flush_lsn: Lsn(c.durable_flush_lsn),
+            ..c.v1.into()
+        }
+    }
+}
+
 impl From<ControlFileV1> for TimelineState {
+    /// A version-1 file: the watermark is the persisted commit_lsn (see the module doc).
     fn from(c: ControlFileV1) -> Self {
         TimelineState {
+            durable_flush_lsn: Lsn(c.commit_lsn),
             ttid: TenantTimelineId::new(TenantId(c.tenant_id), TimelineId(c.timeline_id)),
             mconf: Configuration {
                 generation: Generation(c.generation),
@@ -178,7 +213,7 @@ pub fn encode(state: &TimelineState) -> Vec<u8> {
     buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     // Serializing plain integers, vectors and strings into a Vec cannot fail.
     bincode_options()
-        .serialize_into(&mut buf, &ControlFileV1::from(state))
+        .serialize_into(&mut buf, &ControlFileV2::from(state))
         .expect("bincode serialization into a Vec is infallible for this struct");
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
@@ -207,15 +242,25 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<TimelineState, ControlFileErr
         return Err(corrupt(format!("bad magic {magic:08x}")));
     }
     let version = u32::from_le_bytes(body[4..8].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "unsupported format version {version} (this build reads {FORMAT_VERSION})"
-        )));
+    let undecodable = |e: bincode::Error| corrupt(format!("undecodable: {e}"));
+    match version {
+        FORMAT_VERSION => {
+            let v2: ControlFileV2 = bincode_options()
+                .deserialize(&body[8..])
+                .map_err(undecodable)?;
+            Ok(v2.into())
+        }
+        FORMAT_VERSION_V1 => {
+            let v1: ControlFileV1 = bincode_options()
+                .deserialize(&body[8..])
+                .map_err(undecodable)?;
+            Ok(v1.into())
+        }
+        _ => Err(corrupt(format!(
+            "unsupported format version {version} (this build reads {FORMAT_VERSION_V1} \
+             and {FORMAT_VERSION})"
+        ))),
     }
-    let v1: ControlFileV1 = bincode_options()
-        .deserialize(&body[8..])
-        .map_err(|e| corrupt(format!("undecodable: {e}")))?;
-    Ok(v1.into())
 }
 
 /// Reads and checks the control file of the timeline in `dir`.
@@ -272,6 +317,7 @@ mod tests {
             lsn: Lsn(0x1000028),
         }]);
         s.commit_lsn = Lsn(0x1000100);
+        s.durable_flush_lsn = Lsn(0x1000200);
         s.mconf = Configuration {
             generation: Generation(2),
             members: vec![SafekeeperId {
@@ -290,6 +336,54 @@ mod tests {
         let bytes = encode(&s);
         assert_eq!(&bytes[0..4], b"SKCF");
         assert_eq!(decode(&bytes, Path::new("x")).unwrap(), s);
+    }
+
+    /// A version-1 file as the previous build wrote it.
+    fn encode_v1(state: &TimelineState) -> Vec<u8> {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&MAGIC.to_le_bytes());
+        buf.extend_from_slice(&FORMAT_VERSION_V1.to_le_bytes());
+        bincode_options()
+            .serialize_into(&mut buf, &ControlFileV1::from(state))
+            .unwrap();
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn a_version_1_file_loads_with_the_commit_position_as_watermark() {
+        let s = sample();
+        let bytes = encode_v1(&s);
+        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 1);
+        let back = decode(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.durable_flush_lsn, s.commit_lsn);
+        assert_eq!(
+            TimelineState {
+                durable_flush_lsn: s.durable_flush_lsn,
+                ..back
+            },
+            s
+        );
+        // Version 2 is version 1's body plus the watermark.
+        let v2 = encode(&s);
+        assert_eq!(u32::from_le_bytes(v2[4..8].try_into().unwrap()), 2);
+        assert_eq!(v2.len(), bytes.len() + 8);
+        assert_eq!(v2[8..bytes.len() - 4], bytes[8..bytes.len() - 4]);
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused() {
+        let mut bytes = encode(&sample());
+        bytes[4..8].copy_from_slice(&3u32.to_le_bytes());
+        let n = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        let err = decode(&bytes, Path::new("x")).unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported format version 3"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use utils::TenantTimelineId;
 
 use crate::acceptor::AcceptorError;
+use crate::auth::AuthError;
 use crate::command::CommandError;
 use crate::ingest::{OpenError, TimelineError};
 use crate::timeline::Timeline;
@@ -61,13 +62,44 @@ pub enum ClientError {
         /// The error.
         source: std::io::Error,
     },
+    /// WAL read for sending failed its checks (a record's CRC, a page header): the disk
+    /// changed it after it was written. Nothing from the damaged record on was sent.
+    #[error(
+        "WAL of timeline {ttid} is corrupt at {lsn} in segment {segment}: {reason}; \
+         nothing from there on is sent"
+    )]
+    WalCorrupt {
+        /// The timeline.
+        ttid: TenantTimelineId,
+        /// Where the damage starts.
+        lsn: utils::Lsn,
+        /// The segment file holding it.
+        segment: String,
+        /// What is wrong, as the decoder says it.
+        reason: String,
+    },
     /// The server is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
     /// Too many connections.
     #[error("sorry, too many clients already")]
     TooManyConnections,
+    /// Only reserved slots were left, and this connection is not one they are kept for.
+    #[error(
+        "remaining connection slots are reserved for proposers (START_WAL_PUSH) and safekeeperdata tokens"
+    )]
+    ReservedSlotsOnly,
+    /// The connection sent no command for `--idle-timeout`.
+    #[error("terminating connection due to idle-session timeout ({0} s without a command)")]
+    IdleTimeout(u64),
+    /// The client's token is missing or invalid (28P01), or does not grant what it asked
+    /// for (42501).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
+
+/// The longest message an ErrorResponse carries (bytes; longer ones are clipped).
+pub const MAX_ERROR_MESSAGE: usize = 1024;
 
 impl From<ConnectionError> for ClientError {
     fn from(e: ConnectionError) -> Self {
@@ -102,10 +134,15 @@ impl ClientError {
             ClientError::Registry(RegistryError::NotFound(_)) => SqlState::UNDEFINED_OBJECT,
             ClientError::Registry(RegistryError::Unavailable { source, .. }) => match &**source {
                 OpenError::Io(_) => SqlState::IO_ERROR,
-                OpenError::ControlFile(_) | OpenError::Corrupt(_) => SqlState::DATA_CORRUPTED,
+                OpenError::ControlFile(_)
+                | OpenError::Corrupt(_)
+                | OpenError::AckedWalDamaged { .. } => SqlState::DATA_CORRUPTED,
             },
-            ClientError::Registry(RegistryError::Io { .. }) => SqlState::IO_ERROR,
+            ClientError::Registry(RegistryError::Io { .. } | RegistryError::TenantIo { .. }) => {
+                SqlState::IO_ERROR
+            }
             ClientError::Registry(RegistryError::ShuttingDown) => SqlState::ADMIN_SHUTDOWN,
+            ClientError::Registry(RegistryError::Exists(_)) => SqlState::DUPLICATE_OBJECT,
             ClientError::Timeline(TimelineError::Storage { .. }) => SqlState::IO_ERROR,
             ClientError::Timeline(TimelineError::Broken(_)) => SqlState::CANNOT_CONNECT_NOW,
             ClientError::Timeline(TimelineError::ShuttingDown(_)) => SqlState::ADMIN_SHUTDOWN,
@@ -116,14 +153,25 @@ impl ClientError {
             ClientError::WalUnavailable(_) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             ClientError::TermChanged { .. } => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
             ClientError::ReadWal { .. } => SqlState::IO_ERROR,
+            ClientError::WalCorrupt { .. } => SqlState::DATA_CORRUPTED,
             ClientError::Shutdown => SqlState::ADMIN_SHUTDOWN,
-            ClientError::TooManyConnections => SqlState::TOO_MANY_CONNECTIONS,
+            ClientError::TooManyConnections | ClientError::ReservedSlotsOnly => {
+                SqlState::TOO_MANY_CONNECTIONS
+            }
+            ClientError::IdleTimeout(_) => SqlState::IDLE_SESSION_TIMEOUT,
+            ClientError::Auth(AuthError::Missing | AuthError::Invalid(_)) => {
+                SqlState::INVALID_PASSWORD
+            }
+            ClientError::Auth(AuthError::Forbidden(_)) => SqlState::INSUFFICIENT_PRIVILEGE,
+            ClientError::Auth(AuthError::Keys { .. }) => SqlState::INTERNAL_ERROR,
         }
     }
 
-    /// The ErrorResponse fields.
+    /// The ErrorResponse fields. The message is clipped to [`MAX_ERROR_MESSAGE`] bytes:
+    /// a message quoting what a client sent never sends all of it back.
     pub fn to_fields(&self) -> ErrorFields {
-        let fields = ErrorFields::error(self.sqlstate(), self.to_string());
+        let message = utils::text::clip(&self.to_string(), MAX_ERROR_MESSAGE);
+        let fields = ErrorFields::error(self.sqlstate(), message);
         match self {
             ClientError::NoTimeline(_) => fields.with_hint(
                 "name one in the connection options: options='-c tenant_id=<32 hex> timeline_id=<32 hex>'",
@@ -148,7 +196,8 @@ fn acceptor_sqlstate(e: &AcceptorError) -> SqlState {
         | AcceptorError::PgVersionMismatch { .. }
         | AcceptorError::SegSizeMismatch { .. }
         | AcceptorError::SystemIdMismatch { .. }
-        | AcceptorError::NotAMember(_) => SqlState::INVALID_PARAMETER_VALUE,
+        | AcceptorError::NotAMember(_)
+        | AcceptorError::ConfigurationConflict(_) => SqlState::INVALID_PARAMETER_VALUE,
         _ => SqlState::PROTOCOL_VIOLATION,
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod acceptor;
 pub mod archive;
+pub mod auth;
 pub mod command;
 pub mod control_file;
 pub mod ctx;
@@ -24,6 +25,8 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod offload;
+pub mod pg_auth;
+pub mod pull;
 pub mod queries;
 pub mod receive_wal;
 pub mod remote;
@@ -36,5 +39,6 @@ pub mod storage;
 mod test_wal;
 pub mod timeline;
 pub mod timelines;
+pub mod tls;
 pub mod wal_reader;
 pub mod wal_storage;

@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use safekeeper::auth::JwtAuth;
 use safekeeper::durability::SyncMode;
 use safekeeper::offload::OffloadConf;
 use safekeeper::remote::Compression;
 use safekeeper::server::{Config, Server};
+use safekeeper::tls::ServerTls;
 use tokio_util::sync::CancellationToken;
 use utils::NodeId;
 
@@ -34,15 +37,48 @@ struct Args {
     /// Address for the PostgreSQL protocol (proposers and readers).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:5454")]
     listen_pg: SocketAddr,
-    /// Address for the HTTP API (GET /v1/status, /metrics).
+    /// Server certificate (PEM; the chain, the server's own certificate first). With
+    /// --ssl-key-file it enables TLS on the PostgreSQL port: an SSLRequest is then answered
+    /// `S` (clients choose with sslmode). SIGHUP reloads both files.
+    #[arg(long, value_name = "PATH", requires = "ssl_key_file")]
+    ssl_cert_file: Option<PathBuf>,
+    /// Private key of --ssl-cert-file (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "ssl_cert_file")]
+    ssl_key_file: Option<PathBuf>,
+    /// Address for the HTTP API (status, metrics, creating, inspecting and deleting
+    /// timelines: docs/http-api.md; its OpenAPI document is GET /v1/openapi.json).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7676")]
     listen_http: SocketAddr,
+    /// Also serve the HTTP API over TLS on this address, with the certificate of
+    /// --ssl-cert-file (reloaded on SIGHUP like the PostgreSQL port's). The plain
+    /// --listen-http listener stays; bind it to loopback when only HTTPS should be reachable.
+    #[arg(long, value_name = "HOST:PORT", requires = "ssl_cert_file")]
+    listen_https: Option<SocketAddr>,
+    /// Seconds an HTTP client may take to send a request's headers (counted from the
+    /// connection's start or the previous answer) before its connection is closed, so
+    /// stalled clients do not hold connections.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    http_header_timeout: u64,
+    /// HTTP connections served at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    http_max_connections: u64,
     /// Skip every fsync. FOR TESTS ONLY: a machine crash then loses acknowledged WAL.
     #[arg(long)]
     no_sync: bool,
     /// Connections served at once.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_connections: usize,
+    /// Of --max-connections, slots kept for proposers (START_WAL_PUSH) and, with
+    /// --pg-auth-public-key-path, safekeeperdata tokens: once only these are left, other
+    /// clients get "too many clients" (53300), so computes still get in. Default: 10, or
+    /// a tenth of --max-connections when that is less.
+    #[arg(long, value_name = "N")]
+    reserved_connections: Option<usize>,
+    /// Close a connection that sends no command for this many seconds (after its startup
+    /// or between commands; a running stream is never idle), so idle clients cannot hold
+    /// every connection slot; 0 = never.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    idle_timeout: u64,
     /// Threads for the disk work of timelines: WAL writes and fsyncs, control files,
     /// loading and creating timelines. Size it for the disk: more than the device can
     /// overlap only queues.
@@ -66,6 +102,10 @@ struct Args {
     /// their positions; 0 = never.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     peer_status_interval: u64,
+    /// Fetch WAL a timeline lacks from a peer in the same term while no proposer streams
+    /// to it (needs --peer-status-interval): on or off.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    peer_recovery: bool,
     /// Offload WAL to this object store and remove local segments once offloaded:
     /// file:///ABSOLUTE/DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or
     /// az://CONTAINER[/PREFIX]. Credentials, region and endpoint come from the usual
@@ -99,6 +139,20 @@ struct Args {
     /// waits for offload and so cannot be removed (e.g. 10GB); default: 5% of the disk.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     low_disk_warning: Option<u64>,
+    /// Require a JWT as the password on the PostgreSQL port, verified against this
+    /// Ed25519 public key (PEM), or against every key file in this directory (rotation:
+    /// a token is good if any key verifies it). Scopes: safekeeperdata (everything) or
+    /// tenant (that tenant's timelines only). Without it the port trusts every client.
+    #[arg(long, value_name = "FILE|DIR")]
+    pg_auth_public_key_path: Option<PathBuf>,
+    /// Require `Authorization: Bearer <JWT>` on the HTTP API (except /metrics and
+    /// /v1/status), verified like --pg-auth-public-key-path.
+    #[arg(long, value_name = "FILE|DIR")]
+    http_auth_public_key_path: Option<PathBuf>,
+    /// The token (scope safekeeperdata) this safekeeper sends to its peers when it asks
+    /// them for their positions; or set SAFEKEEPER_AUTH_TOKEN (not both).
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -118,6 +172,15 @@ enum CompressionArg {
 }
 
 mod archive_cmd;
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
+}
 
 /// A size: bytes, or a number with kB, MB, GB or TB (powers of 1024, as PostgreSQL's
 /// settings count them).
@@ -148,6 +211,7 @@ fn main() -> anyhow::Result<()> {
         // Warnings (retries) and errors on stderr; stdout is the command's output.
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -160,6 +224,8 @@ fn main() -> anyhow::Result<()> {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -178,6 +244,19 @@ fn main() -> anyhow::Result<()> {
         SyncMode::Sync
     };
     conf.max_connections = args.max_connections;
+    let reserved = args
+        .reserved_connections
+        .unwrap_or((args.max_connections / 10).min(10));
+    anyhow::ensure!(
+        reserved < args.max_connections,
+        "--reserved-connections ({reserved}) must be below --max-connections ({})",
+        args.max_connections
+    );
+    conf.reserved_connections = reserved;
+    conf.idle_timeout =
+        (args.idle_timeout > 0).then(|| std::time::Duration::from_secs(args.idle_timeout));
+    conf.http_header_timeout = std::time::Duration::from_secs(args.http_header_timeout);
+    conf.http_max_connections = usize::try_from(args.http_max_connections).unwrap_or(usize::MAX);
     // Each connection is a descriptor, so is each open segment file; a reserve covers
     // control files, directories being fsynced, readers' segments and the listeners.
     const RESERVE: usize = 512;
@@ -197,6 +276,7 @@ fn main() -> anyhow::Result<()> {
     conf.sender_threads = args.sender_threads;
     conf.peer_status_interval = (args.peer_status_interval > 0)
         .then(|| std::time::Duration::from_secs(args.peer_status_interval));
+    conf.peer_recovery = args.peer_recovery;
     if let Some(url) = &args.remote_storage {
         let mut oc = OffloadConf::new(url);
         oc.compression = match args.backup_compression {
@@ -211,6 +291,25 @@ fn main() -> anyhow::Result<()> {
         oc.low_disk_bytes = args.low_disk_warning;
         conf.offload = Some(oc);
     }
+    let load_keys = |p: &Option<PathBuf>| -> anyhow::Result<_> {
+        let Some(p) = p else { return Ok(None) };
+        let auth = JwtAuth::load(p)?;
+        tracing::info!(path = %p.display(), keys = auth.key_count(), "loaded token keys");
+        Ok(Some(Arc::new(auth)))
+    };
+    conf.pg_auth = load_keys(&args.pg_auth_public_key_path)?;
+    conf.http_auth = load_keys(&args.http_auth_public_key_path)?;
+    conf.peer_token = utils::token::client_token(
+        args.auth_token_file.as_deref(),
+        "--auth-token-file",
+        "SAFEKEEPER_AUTH_TOKEN",
+    )?
+    .map(Arc::from);
+    if let (Some(cert), Some(key)) = (&args.ssl_cert_file, &args.ssl_key_file) {
+        let tls = ServerTls::load(cert, key).context("cannot enable TLS")?;
+        conf.tls = Some(std::sync::Arc::new(tls));
+    }
+    let tls = conf.tls.clone();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.network_threads > 0 {
         rt.worker_threads(args.network_threads);
@@ -225,16 +324,27 @@ fn main() -> anyhow::Result<()> {
         let http = tokio::net::TcpListener::bind(args.listen_http)
             .await
             .with_context(|| format!("could not listen on {}", args.listen_http))?;
+        let https = match args.listen_https {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("could not listen on {addr}"))?,
+            ),
+            None => None,
+        };
         tracing::info!(
             id,
             datadir = %args.datadir.display(),
             pg = %pg.local_addr()?,
             http = %http.local_addr()?,
+            https = https.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_else(|| "(off)".into()),
             remote_storage = args.remote_storage.as_deref().unwrap_or("(none: WAL is kept locally)"),
+            tls = tls.as_ref().map(|t| t.cert_path().display().to_string()).unwrap_or_else(|| "(off)".into()),
             "safekeeper started"
         );
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        server.run(pg, http).await?;
+        tokio::spawn(reload_on_sighup(tls, shutdown.clone()));
+        server.run(pg, http, https).await?;
         anyhow::Ok(())
     })
 }
@@ -249,6 +359,37 @@ fn raise_open_files_limit() -> usize {
     };
     tracing::info!(limit, "open files limit");
     usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+/// SIGHUP: reload the TLS certificate and key (new connections use them; a failed reload
+/// keeps the old ones). Without TLS there is nothing to reload, but the signal is still
+/// caught: its default action would end the process.
+async fn reload_on_sighup(tls: Option<std::sync::Arc<ServerTls>>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGHUP: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match &tls {
+            None => tracing::info!("SIGHUP received: no TLS certificate to reload"),
+            Some(t) => match t.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %t.cert_path().display(), "SIGHUP received: TLS certificate reloaded")
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP received: TLS certificate NOT reloaded, keeping the current one: {e}"
+                ),
+            },
+        }
+    }
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

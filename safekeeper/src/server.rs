@@ -17,8 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pq_proto::backend::BeMessage;
-use pq_proto::framed::Framed;
+use pq_proto::framed::{Framed, Stream};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +29,7 @@ use crate::errors::ClientError;
 use crate::handler;
 use crate::metrics::Metrics;
 use crate::offload::Offload;
+use crate::session::error_response;
 use crate::timeline::TimelineCtx;
 use crate::timelines::{RegistryConfig, Timelines};
 use crate::wal_storage::OpenSegments;
@@ -125,10 +125,15 @@ impl Server {
             read_pool: read_pool.clone(),
             metrics: metrics.clone(),
             offload,
+            peer_token: conf.peer_token.clone(),
+            peer_recovery: conf.peer_recovery,
         };
         let timelines = Timelines::load(registry, tl_ctx, shutdown.clone())
             .await
             .map_err(io)?;
+        let source: std::sync::Weak<dyn crate::metrics::TimelineSource> =
+            Arc::downgrade(&timelines) as _;
+        metrics.watch_timelines(source);
         Ok(Server {
             ctx: Arc::new(ServerCtx {
                 conf,
@@ -149,13 +154,27 @@ impl Server {
         &self.ctx
     }
 
-    /// Serves both listeners until the shutdown token is cancelled and everything the
-    /// server started has stopped.
-    pub async fn run(mut self, pg: TcpListener, http: TcpListener) -> std::io::Result<()> {
+    /// Serves the listeners (PostgreSQL protocol, HTTP API and, optionally, the API over
+    /// TLS: that one needs `conf.tls`) until the shutdown token is cancelled and
+    /// everything the server started has stopped.
+    pub async fn run(
+        mut self,
+        pg: TcpListener,
+        http: TcpListener,
+        https: Option<TcpListener>,
+    ) -> std::io::Result<()> {
         let ctx = self.ctx.clone();
-        let http_task = tokio::spawn(crate::http::serve(http, ctx.clone()));
+        if https.is_some() && ctx.conf.tls.is_none() {
+            return Err(std::io::Error::other(crate::http::server::HTTPS_NEEDS_CERT));
+        }
+        let http_task = tokio::spawn(crate::http::serve(http, https, ctx.clone()));
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(ctx.conf.max_connections));
+        let reserved = ctx
+            .conf
+            .reserved_connections
+            .min(ctx.conf.max_connections.saturating_sub(1));
+        let slots = Arc::new(Semaphore::new(ctx.conf.max_connections - reserved));
+        let reserved_slots = Arc::new(Semaphore::new(reserved));
         loop {
             let (socket, peer) = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
@@ -170,18 +189,26 @@ impl Server {
                 },
             };
             let _ = socket.set_nodelay(true);
-            let permit = slots.clone().try_acquire_owned();
+            // A general slot, else a reserved one (the connection may then only become a
+            // proposer, or hold a safekeeperdata token), else none.
+            let (permit, in_reserve) = match slots.clone().try_acquire_owned() {
+                Ok(p) => (Ok(p), false),
+                Err(_) => (reserved_slots.clone().try_acquire_owned(), true),
+            };
             let ctx = ctx.clone();
             tracker.spawn(async move {
                 let Ok(_permit) = permit else {
-                    let mut conn = Framed::new(socket);
-                    conn.write_be(&BeMessage::ErrorResponse(
-                        ClientError::TooManyConnections.to_fields(),
+                    // Plain text, before any SSLRequest: libpq reports an ErrorResponse
+                    // received in answer to one.
+                    let mut conn = Framed::new(Stream::Plain(socket));
+                    conn.write_be(&error_response(
+                        &ctx.metrics,
+                        &ClientError::TooManyConnections,
                     ));
                     let _ = conn.flush().await;
                     return;
                 };
-                if let Err(e) = handler::handle(socket, ctx).await {
+                if let Err(e) = handler::handle(socket, ctx, in_reserve).await {
                     tracing::info!(%peer, "connection ended: {e}");
                 }
             });

@@ -44,6 +44,13 @@ pub struct TimelineState {
     pub peer_horizon_lsn: Lsn,
     /// What the pageserver has made durable remotely.
     pub remote_consistent_lsn: Lsn,
+    /// The durable-flush watermark: WAL up to here was fsynced when this control file was
+    /// written, and nothing below it has been truncated since (a truncation lowers it in
+    /// the control file first). The restart path refuses a timeline whose WAL ends below
+    /// it: that WAL had been acknowledged. A record boundary; 0 = unknown (no check).
+    /// In memory the acceptor keeps its flush_lsn here; the executor writes at most what
+    /// a completed flush covered.
+    pub durable_flush_lsn: Lsn,
 }
 
 impl TimelineState {
@@ -61,6 +68,7 @@ impl TimelineState {
             backup_lsn: Lsn::INVALID,
             peer_horizon_lsn: Lsn::INVALID,
             remote_consistent_lsn: Lsn::INVALID,
+            durable_flush_lsn: Lsn::INVALID,
         }
     }
 

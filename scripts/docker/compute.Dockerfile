@@ -1,7 +1,8 @@
 # The compute: PostgreSQL 15 from this machine's install (server programs, lib and share
 # dirs, and every shared library `ldd` names, at their own paths), dash as /bin/sh with
 # sleep/rm/mv/locale for the entrypoint and initdb, and the static `walproposer` for the
-# bridge. PostgreSQL runs as the unprivileged `postgres` (uid 999) of the image's own
+# bridge (and `walproposer membership`, with this machine's CA bundle for its HTTP client;
+# see scripts/docker/build). PostgreSQL runs as the unprivileged `postgres` (uid 999) of the image's own
 # /etc/passwd; its data directory is made by initdb at the first start, inside the
 # /var/lib/postgresql volume (which takes the ownership of the image's directory).
 FROM scratch

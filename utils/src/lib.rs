@@ -11,6 +11,8 @@ pub mod id;
 pub mod limits;
 pub mod lsn;
 pub mod term_history;
+pub mod text;
+pub mod token;
 pub mod xlog;
 
 pub use id::{IdParseError, NodeId, TenantId, TenantTimelineId, Term, TimelineId};

@@ -32,6 +32,41 @@ pub enum HistoryError {
         /// Its start in the proposer's history.
         theirs: Lsn,
     },
+    /// A proposed history whose terms do not strictly increase.
+    #[error(
+        "invalid term history: terms must strictly increase, but entry {index} has term {term} after term {prev}"
+    )]
+    TermsNotIncreasing {
+        /// Index of the offending entry.
+        index: usize,
+        /// The term before it.
+        prev: Term,
+        /// Its term.
+        term: Term,
+    },
+    /// A proposed history whose switch LSNs decrease.
+    #[error(
+        "invalid term history: switch points must not decrease, but term {term} starts at {lsn} after {prev}"
+    )]
+    LsnDecreasing {
+        /// The offending entry's term.
+        term: Term,
+        /// The previous entry's start.
+        prev: Lsn,
+        /// Its start.
+        lsn: Lsn,
+    },
+    /// A proposed history whose last entry is not the elected term.
+    #[error("invalid term history: its last entry has term {last}, not the elected term {elected}")]
+    LastNotElected {
+        /// The last entry's term.
+        last: Term,
+        /// The term the proposer was elected in.
+        elected: Term,
+    },
+    /// A proposed history whose first entry starts at LSN 0.
+    #[error("invalid term history: the first term starts at 0/0")]
+    InvalidStart,
 }
 
 impl TermHistory {
@@ -65,6 +100,45 @@ impl TermHistory {
         self.0
             .windows(2)
             .all(|w| w[0].term < w[1].term && w[0].lsn <= w[1].lsn)
+    }
+
+    /// Checks a history a proposer elected in `elected` sent with its ProposerElected,
+    /// streaming from `start`: not empty, the first term starting at a valid LSN, terms
+    /// strictly increasing, switch points never decreasing, and the last entry of the
+    /// elected term. (Where streaming starts is checked against the acceptor's own history
+    /// by the caller.) Nothing that fails this may be persisted: it would be returned in
+    /// later votes.
+    pub fn validate_proposed(&self, elected: Term) -> Result<(), HistoryError> {
+        let (first, last) = match (self.0.first(), self.0.last()) {
+            (Some(f), Some(l)) => (*f, *l),
+            _ => return Err(HistoryError::EmptyProposerHistory),
+        };
+        if !first.lsn.is_valid() {
+            return Err(HistoryError::InvalidStart);
+        }
+        for (i, w) in self.0.windows(2).enumerate() {
+            if w[1].term <= w[0].term {
+                return Err(HistoryError::TermsNotIncreasing {
+                    index: i + 1,
+                    prev: w[0].term,
+                    term: w[1].term,
+                });
+            }
+            if w[1].lsn < w[0].lsn {
+                return Err(HistoryError::LsnDecreasing {
+                    term: w[1].term,
+                    prev: w[0].lsn,
+                    lsn: w[1].lsn,
+                });
+            }
+        }
+        if last.term != elected {
+            return Err(HistoryError::LastNotElected {
+                last: last.term,
+                elected,
+            });
+        }
+        Ok(())
     }
 
     /// The term that wrote the byte at `lsn`, if the history covers it.
@@ -135,6 +209,57 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn proposed_histories_are_validated() {
+        let t = Term;
+        assert_eq!(h(&[(0, 100), (5, 100)]).validate_proposed(t(5)), Ok(()));
+        assert_eq!(
+            h(&[(1, 100), (3, 200), (5, 300)]).validate_proposed(t(5)),
+            Ok(())
+        );
+        assert_eq!(
+            h(&[]).validate_proposed(t(5)),
+            Err(HistoryError::EmptyProposerHistory)
+        );
+        assert_eq!(
+            h(&[(5, 0)]).validate_proposed(t(5)),
+            Err(HistoryError::InvalidStart)
+        );
+        let unsorted = h(&[(5, 100), (1, 200), (3, 300)]).validate_proposed(t(3));
+        assert!(
+            matches!(
+                unsorted,
+                Err(HistoryError::TermsNotIncreasing { index: 1, .. })
+            ),
+            "{unsorted:?}"
+        );
+        let repeated = h(&[(1, 100), (1, 200), (3, 300)]).validate_proposed(t(3));
+        assert!(matches!(
+            repeated,
+            Err(HistoryError::TermsNotIncreasing { index: 1, .. })
+        ));
+        assert_eq!(
+            h(&[(1, 300), (3, 200)]).validate_proposed(t(3)),
+            Err(HistoryError::LsnDecreasing {
+                term: t(3),
+                prev: Lsn(300),
+                lsn: Lsn(200)
+            })
+        );
+        assert_eq!(
+            h(&[(1, 100), (3, 200)]).validate_proposed(t(4)),
+            Err(HistoryError::LastNotElected {
+                last: t(3),
+                elected: t(4)
+            })
+        );
+        let msg = h(&[(5, 100), (1, 200)])
+            .validate_proposed(t(1))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("strictly increase"), "{msg}");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! restart LSN; an existing one continues at the quorum's end, which the bridge asks the
 //! primary to stream from (the slot keeps that WAL on the primary until the quorum has
 //! it). The primary going away is survived by reconnecting; safekeepers going away are
-//! survived by the proposer's reconnects.
+//! survived by the proposer's reconnects; a membership change (the safekeepers answer
+//! with a configuration of a higher generation) by a new election under the new
+//! configuration, after which the primary is streamed again from the quorum's end.
 //!
 //! Must never: report a position above the quorum's commit_lsn.
 
@@ -72,6 +74,16 @@ pub struct BridgeArgs {
     /// pauses (suffix-free bytes).
     #[arg(long, default_value_t = 64 << 20)]
     pub max_in_flight: u64,
+    /// A file holding the JWT sent as the password to safekeepers started with
+    /// --pg-auth-public-key-path; or set SAFEKEEPER_TOKEN (not both).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// libpq parameters added to every safekeeper connection, e.g. TLS:
+    /// "sslmode=verify-full sslrootcert=/etc/safekeeper/ca.pem". PGSSLMODE and
+    /// PGSSLROOTCERT apply when not given here (and to --primary too, as in libpq);
+    /// without either, connections are plain.
+    #[arg(long, value_name = "CONNINFO", default_value = "")]
+    pub safekeeper_conninfo: String,
 }
 
 /// What the primary told about itself.
@@ -224,6 +236,8 @@ async fn first_record_boundary(ci: &Conninfo, p: &Primary, lsn: Lsn) -> anyhow::
 pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
     // The safekeeper list first: a bad one is refused before anything connects.
     let sks = members::parse_safekeepers(&a.safekeepers).context("invalid --safekeepers")?;
+    let extra = crate::driver::safekeeper_conninfo(&a.safekeeper_conninfo)
+        .context("invalid --safekeeper-conninfo")?;
     let protocol = if a.protocol == 2 {
         ProtocolVersion::V2
     } else {
@@ -250,7 +264,8 @@ pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
     conf.timeline_start_lsn = timeline_start;
     conf.protocol = protocol;
     conf.mconf = sks.mconf;
-    let mut d = Driver::new(conf, sks.addrs);
+    let token = crate::driver::load_token(a.token_file.as_deref())?;
+    let mut d = Driver::with_options(conf, sks.addrs, token, extra);
     let (term, term_start) = d.wait_elected().await?;
     println!("bridge: elected in term {term}; the quorum's WAL continues at {term_start}");
     if term_start > primary.flush_lsn {
@@ -276,6 +291,17 @@ pub async fn run(a: BridgeArgs) -> anyhow::Result<()> {
                 Err(SessionError::Primary(e)) => {
                     tracing::warn!("primary connection lost: {e}; reconnecting");
                 }
+                Err(SessionError::Reconfigured(generation)) => {
+                    // The driver restarted the proposer with the new configuration: once
+                    // it is elected, stream from its end at once.
+                    let (term, start) = d.wait_elected().await?;
+                    println!(
+                        "bridge: membership generation {generation}: elected in term {term}; \
+                         the quorum's WAL continues at {start}"
+                    );
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
             },
         }
         tokio::time::sleep(backoff).await;
@@ -288,6 +314,9 @@ enum SessionError {
     Primary(PgError),
     /// The bridge must stop (lost the term, WAL does not fit).
     Fatal(anyhow::Error),
+    /// The membership changed (to this generation): the proposer was restarted with the
+    /// new configuration and campaigns again; the primary is streamed anew from its end.
+    Reconfigured(u32),
 }
 
 impl From<PgError> for SessionError {
@@ -348,12 +377,15 @@ async fn stream_primary(ci: &Conninfo, a: &BridgeArgs, d: &mut Driver) -> Result
                     Some(_) => {}
                 }
             }
-            o = d.next() => match o {
+            o = d.next() => match o.map_err(|e| SessionError::Fatal(e.into()))? {
                 Output::Committed(lsn)
                     if lsn > reported => {
                         send_status(&mut conn, lsn).await?;
                         reported = lsn;
                     }
+                Output::Reconfigure(mconf) => {
+                    return Err(SessionError::Reconfigured(mconf.generation.0));
+                }
                 Output::SteppedDown { term, reason } => {
                     return Err(SessionError::Fatal(anyhow::anyhow!(
                         "stepped down: another proposer holds term {term}: {reason}"

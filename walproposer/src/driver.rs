@@ -11,14 +11,16 @@
 //! channel for a control message means that connection is dropped and retried).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pq_client::{Conninfo, PgError, fetch_wal};
-use pq_proto::backend::BeMessage;
+use pq_proto::backend::{BeMessage, SqlState};
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage, ProtocolVersion, write_proposer_frame};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use utils::token::{TokenError, client_token};
 use utils::{Lsn, Term};
 
 use crate::proposer::{Config, Input, Output, Proposer, SkId};
@@ -30,7 +32,8 @@ const TICK: Duration = Duration::from_millis(50);
 
 enum Event {
     Connected(SkId, u64),
-    Disconnected(SkId, u64, String),
+    /// The connection ended; `true` if the safekeeper refused our authentication.
+    Disconnected(SkId, u64, String, bool),
     Message(SkId, u64, AcceptorMessage),
     Fetched(Lsn, Result<Bytes, String>),
 }
@@ -51,6 +54,8 @@ impl Drop for SkConn {
 pub struct Driver {
     p: Proposer,
     addrs: Vec<String>,
+    /// Parameters added to every safekeeper connection string (`--safekeeper-conninfo`).
+    extra: Conninfo,
     conns: Vec<Option<SkConn>>,
     next_epoch: u64,
     ev_tx: mpsc::Sender<Event>,
@@ -59,6 +64,9 @@ pub struct Driver {
     tick: tokio::time::Interval,
     fetch: Option<JoinHandle<()>>,
     pending: VecDeque<Output>,
+    token: Option<Arc<str>>,
+    /// Per safekeeper: why it refused our authentication, until it answers again.
+    refused: Vec<Option<String>>,
 }
 
 impl Drop for Driver {
@@ -72,6 +80,19 @@ impl Drop for Driver {
 impl Driver {
     /// A driver for `addrs` (`host:port` of each safekeeper, in the proposer's order).
     pub fn new(conf: Config, addrs: Vec<String>) -> Self {
+        Self::with_options(conf, addrs, None, Conninfo::default())
+    }
+
+    /// [`Driver::new`] sending `token` (a JWT) as the password on every safekeeper
+    /// connection that asks for one (safekeepers with `--pg-auth-public-key-path`), and
+    /// adding the parameters of `extra` to every safekeeper connection (e.g. `sslmode`,
+    /// `sslrootcert`; see [`safekeeper_conninfo`]).
+    pub fn with_options(
+        conf: Config,
+        addrs: Vec<String>,
+        token: Option<Arc<str>>,
+        extra: Conninfo,
+    ) -> Self {
         assert_eq!(conf.n_safekeepers, addrs.len());
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let mut tick = tokio::time::interval(TICK);
@@ -79,7 +100,9 @@ impl Driver {
         let mut d = Driver {
             p: Proposer::new(conf),
             conns: (0..addrs.len()).map(|_| None).collect(),
+            refused: vec![None; addrs.len()],
             addrs,
+            extra,
             next_epoch: 1,
             ev_tx,
             ev_rx,
@@ -87,9 +110,22 @@ impl Driver {
             tick,
             fetch: None,
             pending: VecDeque::new(),
+            token,
         };
         d.process_outputs();
         d
+    }
+
+    /// The connection string for safekeeper `sk` with `application_name` `app`, with the
+    /// extra parameters and carrying the token if there is one.
+    pub fn conninfo(&self, sk: SkId, app: &str) -> Conninfo {
+        let conf = self.p.config();
+        let mut ci = Conninfo::for_timeline(&self.addrs[sk], conf.tenant_id, conf.timeline_id, app);
+        ci.extend(&self.extra);
+        if let Some(t) = &self.token {
+            ci.set("password", &**t);
+        }
+        ci
     }
 
     /// The state machine.
@@ -101,13 +137,16 @@ impl Driver {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Waits for the next output the caller cares about: Elected, Committed, Synced or
-    /// SteppedDown. Cancel-safe.
-    pub async fn next(&mut self) -> Output {
+    /// Waits for the next output the caller cares about: Elected, Committed, Synced,
+    /// Reconfigure (after the driver restarted the proposer with the new configuration)
+    /// or SteppedDown; an error once so many safekeepers refused our token (or its absence)
+    /// that no quorum is left: retrying would not help. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Output, AuthRefused> {
         loop {
             if let Some(o) = self.pending.pop_front() {
-                return o;
+                return Ok(o);
             }
+            self.check_refusals()?;
             tokio::select! {
                 ev = self.ev_rx.recv() => {
                     if let Some(ev) = ev {
@@ -126,16 +165,32 @@ impl Driver {
 
     /// Waits for the election: `(term, term start LSN)`, or an error if another proposer
     /// holds a higher term.
-    pub async fn wait_elected(&mut self) -> Result<(Term, Lsn), SteppedDown> {
+    pub async fn wait_elected(&mut self) -> Result<(Term, Lsn), ElectionError> {
         loop {
-            match self.next().await {
+            match self.next().await? {
                 Output::Elected {
                     term,
                     term_start_lsn,
                 } => return Ok((term, term_start_lsn)),
-                Output::SteppedDown { term, reason } => return Err(SteppedDown { term, reason }),
+                Output::SteppedDown { term, reason } => {
+                    return Err(SteppedDown { term, reason }.into());
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// Fails when fewer safekeepers than a majority are left that did not refuse us.
+    fn check_refusals(&self) -> Result<(), AuthRefused> {
+        let n = self.refused.len();
+        let refused = self.refused.iter().flatten().count();
+        match self.refused.iter().flatten().next() {
+            Some(why) if n - refused < n / 2 + 1 => Err(AuthRefused {
+                refused,
+                total: n,
+                why: why.clone(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -156,10 +211,16 @@ impl Driver {
                 self.p.handle(now, Input::Connected(sk));
             }
             Event::Message(sk, epoch, m) if current(&self.conns, sk, epoch) => {
+                self.refused[sk] = None;
                 self.p.handle(now, Input::Message(sk, m));
             }
-            Event::Disconnected(sk, epoch, why) if current(&self.conns, sk, epoch) => {
-                tracing::info!(safekeeper = %self.addrs[sk], "disconnected: {why}");
+            Event::Disconnected(sk, epoch, why, refused) if current(&self.conns, sk, epoch) => {
+                if refused {
+                    tracing::warn!(safekeeper = %self.addrs[sk], "authentication refused: {why}");
+                    self.refused[sk] = Some(why);
+                } else {
+                    tracing::info!(safekeeper = %self.addrs[sk], "disconnected: {why}");
+                }
                 self.conns[sk] = None;
                 self.p.handle(now, Input::Disconnected(sk));
             }
@@ -190,6 +251,11 @@ impl Driver {
             }
             for o in outs {
                 match o {
+                    Output::Reconfigure(mconf) => {
+                        // The old proposer's other outputs are moot.
+                        self.reconfigure(mconf);
+                        break;
+                    }
                     Output::Connect(sk) => self.connect(sk),
                     Output::Disconnect(sk, why) => {
                         tracing::warn!(safekeeper = %self.addrs[sk], "dropping connection: {why}");
@@ -217,6 +283,34 @@ impl Driver {
         }
     }
 
+    /// Replaces the proposer by one for `mconf` (a configuration a safekeeper holds, of
+    /// a higher generation than ours) and the safekeepers it names, reached at the
+    /// addresses it gives (`host:pg_port`): every connection is dropped and the new
+    /// proposer campaigns afresh, as a compute's walproposer restarts with a new
+    /// configuration. The caller is told with [`Output::Reconfigure`] (its WAL source must
+    /// continue at the new proposer's [`Proposer::end_lsn`] once elected).
+    fn reconfigure(&mut self, mconf: pq_proto::proposer::Configuration) {
+        let sks = crate::members::from_configuration(&mconf);
+        tracing::info!(
+            generation = mconf.generation.0,
+            safekeepers = %sks.addrs.join(","),
+            "the safekeepers hold a newer membership configuration: restarting the proposer with it"
+        );
+        let mut conf = self.p.config().clone();
+        conf.n_safekeepers = sks.addrs.len();
+        conf.mconf = mconf.clone();
+        conf.sk_ids = None;
+        if let Some(f) = self.fetch.take() {
+            f.abort();
+        }
+        self.conns = (0..sks.addrs.len()).map(|_| None).collect();
+        self.refused = vec![None; sks.addrs.len()];
+        self.addrs = sks.addrs;
+        self.pending.clear();
+        self.p = Proposer::new(conf);
+        self.pending.push_back(Output::Reconfigure(mconf));
+    }
+
     fn pump(&mut self) {
         let now = self.now();
         for sk in 0..self.conns.len() {
@@ -237,17 +331,11 @@ impl Driver {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        let conf = self.p.config();
         let task = tokio::spawn(sk_task(
             sk,
             epoch,
-            Conninfo::for_timeline(
-                &self.addrs[sk],
-                conf.tenant_id,
-                conf.timeline_id,
-                "walproposer",
-            ),
-            conf.protocol,
+            self.conninfo(sk, "walproposer"),
+            self.p.config().protocol,
             rx,
             self.ev_tx.clone(),
         ));
@@ -258,13 +346,7 @@ impl Driver {
         if let Some(f) = self.fetch.take() {
             f.abort();
         }
-        let conf = self.p.config();
-        let ci = Conninfo::for_timeline(
-            &self.addrs[donor],
-            conf.tenant_id,
-            conf.timeline_id,
-            "wal_proposer_recovery",
-        );
+        let ci = self.conninfo(donor, "wal_proposer_recovery");
         let tx = self.ev_tx.clone();
         tracing::info!(donor = %self.addrs[donor], "fetching WAL {from}..{to} of term {term}");
         self.fetch = Some(tokio::spawn(async move {
@@ -276,6 +358,34 @@ impl Driver {
     }
 }
 
+/// The token for safekeeper connections: the file `--token-file` names, or
+/// `SAFEKEEPER_TOKEN`; `None` if neither is given.
+pub fn load_token(file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, TokenError> {
+    Ok(client_token(file, "--token-file", "SAFEKEEPER_TOKEN")?.map(Arc::from))
+}
+
+/// Parses `--safekeeper-conninfo`: libpq parameters added to every safekeeper
+/// connection string (`sslmode=verify-full sslrootcert=/etc/ca.pem`, `user=…`). The
+/// address, the timeline (`options`) and `application_name` are the proposer's own and
+/// cannot be given.
+pub fn safekeeper_conninfo(s: &str) -> Result<Conninfo, PgError> {
+    let ci = Conninfo::parse(s)?;
+    for (k, _) in ci.params() {
+        if matches!(
+            k,
+            "host" | "hostaddr" | "port" | "options" | "application_name"
+        ) {
+            return Err(PgError::Conninfo(format!(
+                "\"{k}\" cannot be set for safekeeper connections (it comes from --safekeepers and the timeline)"
+            )));
+        }
+    }
+    if let Some(m) = ci.get("sslmode") {
+        m.parse::<pq_client::SslMode>()?;
+    }
+    Ok(ci)
+}
+
 /// A task aborted when this is dropped.
 struct AbortOnDrop<T>(JoinHandle<T>);
 
@@ -283,6 +393,33 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Why the election could not be won.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// A higher term exists.
+    #[error(transparent)]
+    SteppedDown(#[from] SteppedDown),
+    /// Too many safekeepers refused us.
+    #[error(transparent)]
+    Refused(#[from] AuthRefused),
+}
+
+/// So many safekeepers refused the proposer's token (or its absence) that no quorum is
+/// left.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{refused} of {total} safekeepers refused authentication, no quorum is left: {why} \
+     (give a token with --token-file or SAFEKEEPER_TOKEN)"
+)]
+pub struct AuthRefused {
+    /// Safekeepers that refused.
+    pub refused: usize,
+    /// Safekeepers in all.
+    pub total: usize,
+    /// What one of them said.
+    pub why: String,
 }
 
 /// The election was lost: a higher term exists.
@@ -359,9 +496,48 @@ async fn sk_task(
         }
     }
     .await;
-    let why = match res {
-        Ok(()) => "closed".to_string(),
-        Err(e) => e.to_string(),
+    let (why, refused) = match res {
+        Ok(()) => ("closed".to_string(), false),
+        Err(e) => (e.to_string(), is_refusal(&e)),
     };
-    let _ = ev.send(Event::Disconnected(sk, epoch, why)).await;
+    let _ = ev.send(Event::Disconnected(sk, epoch, why, refused)).await;
+}
+
+/// Did the safekeeper refuse who we are (no token, a bad one, or one for another tenant)?
+/// Such a connection is not retried into success.
+fn is_refusal(e: &PgError) -> bool {
+    match e {
+        PgError::Auth(_) => true,
+        PgError::Server(f) => [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+        ]
+        .contains(&f.code),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod conninfo_tests {
+    use super::safekeeper_conninfo;
+
+    #[test]
+    fn safekeeper_conninfo_takes_tls_parameters_and_refuses_addressing() {
+        let ci = safekeeper_conninfo("sslmode=verify-full sslrootcert=/etc/ca.pem").unwrap();
+        assert_eq!(ci.get("sslmode"), Some("verify-full"));
+        assert_eq!(ci.get("sslrootcert"), Some("/etc/ca.pem"));
+        assert_eq!(safekeeper_conninfo("").unwrap(), Default::default());
+        for bad in [
+            "host=x",
+            "port=1",
+            "hostaddr=1.2.3.4",
+            "options='-c a=b'",
+            "application_name=x",
+            "sslmode=bogus",
+            "sslmode",
+        ] {
+            assert!(safekeeper_conninfo(bad).is_err(), "{bad}");
+        }
+    }
 }

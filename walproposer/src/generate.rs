@@ -8,6 +8,7 @@
 //! safekeeper it can reach has acknowledged the final commit_lsn.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -36,6 +37,8 @@ pub struct GenerateOptions {
     pub pacing: Pacing,
     /// How long to wait for the last safekeepers to learn the final commit_lsn.
     pub final_wait: Duration,
+    /// The password (a JWT) for safekeepers that ask for one.
+    pub token: Option<Arc<str>>,
 }
 
 /// How the generator offers records to the quorum.
@@ -113,25 +116,31 @@ impl std::fmt::Display for Report {
 pub async fn run(
     conf: Config,
     addrs: Vec<String>,
+    opts: GenerateOptions,
+) -> anyhow::Result<Report> {
+    run_with_conninfo(conf, addrs, opts, Conninfo::default()).await
+}
+
+/// [`run`], with `extra` added to every safekeeper connection string (see
+/// [`crate::driver::safekeeper_conninfo`]).
+pub async fn run_with_conninfo(
+    conf: Config,
+    addrs: Vec<String>,
     mut opts: GenerateOptions,
+    extra: Conninfo,
 ) -> anyhow::Result<Report> {
     let pg_major = utils::xlog::pg_major(conf.pg_version);
     let conf_max_append = conf.max_append;
     let system_id = conf.system_id;
     let seg_size = conf.wal_seg_size;
-    let mut d = Driver::new(conf.clone(), addrs.clone());
+    let mut d = Driver::with_options(conf.clone(), addrs.clone(), opts.token.clone(), extra);
     let (term, term_start) = d.wait_elected().await?;
     tracing::info!("elected in term {term}; WAL continues at {term_start}");
     let mut gen_ = WalGenerator::new(term_start, system_id, seg_size, pg_major)
         .context("starting the WAL generator")?;
     if term_start > conf.timeline_start_lsn {
         let donor = d.proposer().donor().context("elected without a donor")?;
-        let ci = Conninfo::for_timeline(
-            &addrs[donor],
-            conf.tenant_id,
-            conf.timeline_id,
-            "wal_proposer_recovery",
-        );
+        let ci = d.conninfo(donor, "wal_proposer_recovery");
         match last_record_start(&ci, term_start, term, &conf).await {
             Ok(Some(prev)) => gen_.set_prev_record_lsn(prev),
             Ok(None) => {}
@@ -196,14 +205,14 @@ pub async fn run(
         let idle = done_generating || !room || !allowed_by_rate;
         let out = if idle {
             tokio::select! {
-                o = d.next() => Some(o),
+                o = d.next() => Some(o?),
                 _ = tick.tick(), if opts.rate.is_some() && !done_generating => None,
             }
         } else {
             // Keep the loop responsive without starving the driver.
             tokio::select! {
                 biased;
-                o = d.next() => Some(o),
+                o = d.next() => Some(o?),
                 _ = std::future::ready(()) => None,
             }
         };
@@ -217,6 +226,13 @@ pub async fn run(
             }
             Some(Output::SteppedDown { term, reason }) => {
                 bail!("stepped down (a higher term {term} exists): {reason}")
+            }
+            Some(Output::Reconfigure(mconf)) => {
+                bail!(
+                    "the membership changed while generating (now generation {}): WAL not yet \
+                     committed may be lost; run generate again to continue",
+                    mconf.generation.0
+                )
             }
             _ => {}
         }
@@ -242,24 +258,34 @@ pub async fn run(
 }
 
 /// Start of the last record before `end` in the donor's WAL, read in term mode from the
-/// beginning of the segment holding `end - 1` (a record spanning into that segment is
-/// skipped by the segment-start decoder; then `None` if no record starts in it).
+/// beginning of the segment holding `end - 1`. A record spanning into that segment is
+/// skipped by the segment-start decoder, so when no record starts in it (the segment is
+/// the tail of one long record) the search starts a segment earlier, and so on, as far
+/// back as the largest record PostgreSQL writes (1 GiB) or the timeline's first segment;
+/// `None` only if no record starts in that range.
 async fn last_record_start(
     ci: &Conninfo,
     end: Lsn,
     term: utils::Term,
     conf: &Config,
 ) -> anyhow::Result<Option<Lsn>> {
-    let seg_start = Lsn(end.0 - 1)
-        .segment_lsn(conf.wal_seg_size)
-        .max(conf.timeline_start_lsn.segment_lsn(conf.wal_seg_size));
-    let bytes = fetch_wal(ci, seg_start, end, term).await?;
+    /// PostgreSQL's largest record (XLogRecordMaxSize, 1020 MiB) fits in this much WAL.
+    const MAX_RECORD: u64 = 1 << 30;
+    let seg = u64::from(conf.wal_seg_size);
+    let first = conf.timeline_start_lsn.segment_lsn(conf.wal_seg_size);
     let cfg = DecoderConfig::new(conf.pg_version, conf.wal_seg_size, conf.system_id);
-    let mut dec = WalStreamDecoder::new_at_segment_start(seg_start, cfg);
-    dec.feed(&bytes);
-    let mut last = None;
-    while let Ok(Some(r)) = dec.next_record() {
-        last = Some(r.start_lsn);
+    let mut seg_start = Lsn(end.0 - 1).segment_lsn(conf.wal_seg_size).max(first);
+    loop {
+        let bytes = fetch_wal(ci, seg_start, end, term).await?;
+        let mut dec = WalStreamDecoder::new_at_segment_start(seg_start, cfg);
+        dec.feed(&bytes);
+        let mut last = None;
+        while let Ok(Some(r)) = dec.next_record() {
+            last = Some(r.start_lsn);
+        }
+        if last.is_some() || seg_start <= first || end.0 - seg_start.0 > MAX_RECORD {
+            return Ok(last);
+        }
+        seg_start = Lsn(seg_start.0 - seg);
     }
-    Ok(last)
 }

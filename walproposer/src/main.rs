@@ -1,15 +1,17 @@
-//! The `walproposer` binary: `sync`, `generate` and `bridge` over the proposer library.
+//! The `walproposer` binary: `sync`, `generate`, `bridge` and `membership` over the proposer
+//! library.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use pq_client::Conninfo;
 use pq_proto::proposer::ProtocolVersion;
 use utils::{Lsn, TenantId, TimelineId};
-use walproposer::driver::Driver;
+use walproposer::driver::{self, Driver};
 use walproposer::generate::{self, GenerateOptions};
-use walproposer::members;
 use walproposer::proposer::{Config, Mode, Output};
+use walproposer::{members, pg_version};
 
 /// The proposer for a safekeeper quorum: elects a term on a majority of safekeepers and
 /// streams WAL into it.
@@ -32,6 +34,10 @@ enum Command {
     /// Run an unmodified PostgreSQL on the quorum: stream its WAL as a synchronous standby
     /// and acknowledge only what a majority of safekeepers has fsynced.
     Bridge(walproposer::bridge::BridgeArgs),
+    /// Move a timeline from one set of safekeepers to another without stopping its writes:
+    /// pull_timeline onto new members, a joint configuration, catch-up, the new
+    /// configuration (through the safekeepers' HTTP API, as a control plane would).
+    Membership(walproposer::membership::MembershipArgs),
 }
 
 /// Where the quorum is and which timeline.
@@ -60,6 +66,21 @@ struct Target {
     /// Proposer protocol version (3, or 2 for old safekeepers).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=3))]
     protocol: u32,
+    /// A file holding the JWT sent as the password to safekeepers started with
+    /// --pg-auth-public-key-path (scope safekeeperdata, or tenant for this tenant); or set
+    /// SAFEKEEPER_TOKEN (not both).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// libpq parameters added to every safekeeper connection, e.g. TLS:
+    /// "sslmode=verify-full sslrootcert=/etc/safekeeper/ca.pem". PGSSLMODE and
+    /// PGSSLROOTCERT apply when not given here; without either, connections are plain.
+    #[arg(long, value_name = "CONNINFO", value_parser = parse_sk_conninfo, default_value = "")]
+    safekeeper_conninfo: Conninfo,
+}
+
+/// `--safekeeper-conninfo`.
+fn parse_sk_conninfo(s: &str) -> Result<Conninfo, String> {
+    walproposer::driver::safekeeper_conninfo(s).map_err(|e| e.to_string())
 }
 
 impl Target {
@@ -86,6 +107,11 @@ struct SyncArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// The timeline's PostgreSQL version (PG_VERSION_NUM, e.g. 150004), sent in the
+    /// greeting. Default: what the safekeepers report for the timeline (this safekeeper
+    /// does in TIMELINE_STATUS); needed for safekeepers that do not report it.
+    #[arg(long, value_name = "NUM", value_parser = clap::value_parser!(u32).range(140000..=179999))]
+    pg_version: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +195,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -187,6 +215,7 @@ fn main() -> anyhow::Result<()> {
             Command::Sync(a) => sync(a).await,
             Command::Generate(a) => generate_cmd(a).await,
             Command::Bridge(a) => walproposer::bridge::run(a).await,
+            Command::Membership(a) => walproposer::membership::run(a).await,
         }
     })
 }
@@ -194,7 +223,39 @@ fn main() -> anyhow::Result<()> {
 async fn sync(a: SyncArgs) -> anyhow::Result<()> {
     let (mut conf, addrs) = a.target.config()?;
     conf.mode = Mode::Sync;
-    let mut d = Driver::new(conf, addrs.clone());
+    let token = driver::load_token(a.target.token_file.as_deref())?;
+    conf.pg_version = match a.pg_version {
+        Some(v) => v,
+        None => {
+            let probe = Driver::with_options(
+                conf.clone(),
+                addrs.clone(),
+                token.clone(),
+                a.target.safekeeper_conninfo.clone(),
+            );
+            let cis: Vec<_> = (0..addrs.len())
+                .map(|i| probe.conninfo(i, "walproposer_sync"))
+                .collect();
+            match pg_version::timeline_pg_version(&cis).await {
+                pg_version::Known::Version(v) => v,
+                pg_version::Known::Unknown => bail!(
+                    "no safekeeper reports the timeline's PostgreSQL version (a new timeline, \
+                     or safekeepers whose TIMELINE_STATUS does not show it): \
+                     pass --pg-version, e.g. --pg-version 150004"
+                ),
+                pg_version::Known::Conflict(x, y) => bail!(
+                    "safekeepers disagree about the timeline's PostgreSQL version ({x} and {y}): \
+                     pass --pg-version"
+                ),
+            }
+        }
+    };
+    let mut d = Driver::with_options(
+        conf,
+        addrs.clone(),
+        token,
+        a.target.safekeeper_conninfo.clone(),
+    );
     let deadline = tokio::time::sleep(Duration::from_secs(a.timeout));
     tokio::pin!(deadline);
     loop {
@@ -204,7 +265,7 @@ async fn sync(a: SyncArgs) -> anyhow::Result<()> {
                 a.timeout,
                 addrs.join(",")
             ),
-            o = d.next() => match o {
+            o = d.next() => match o? {
                 Output::Synced(lsn) => {
                     println!("{lsn}");
                     return Ok(());
@@ -239,8 +300,11 @@ async fn generate_cmd(a: GenerateArgs) -> anyhow::Result<()> {
             generate::Pacing::Pipelined
         },
         final_wait: Duration::from_secs(10),
+        token: driver::load_token(a.target.token_file.as_deref())?,
     };
-    let report = generate::run(conf, addrs, opts).await?;
+    let report =
+        generate::run_with_conninfo(conf, addrs, opts, a.target.safekeeper_conninfo.clone())
+            .await?;
     println!("{report}");
     Ok(())
 }

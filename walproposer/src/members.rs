@@ -132,6 +132,24 @@ pub fn parse_safekeepers(entries: &[String]) -> Result<Safekeepers, MembersError
     })
 }
 
+/// The safekeepers a configuration names, in [`crate::proposer::list_ids`] order (members,
+/// then new members that are not members), addressed by their `host:pg_port`.
+pub fn from_configuration(mconf: &Configuration) -> Safekeepers {
+    let all = mconf
+        .members
+        .iter()
+        .chain(mconf.new_members.iter().flatten());
+    let mut seen = HashSet::new();
+    let addrs = all
+        .filter(|m| seen.insert(m.id))
+        .map(|m| format!("{}:{}", m.host, m.pg_port))
+        .collect();
+    Safekeepers {
+        addrs,
+        mconf: mconf.clone(),
+    }
+}
+
 /// Refuses a membership configuration on a protocol that cannot carry it (v2 has no
 /// generations: every message would be refused by a safekeeper holding generation 1).
 pub fn check_protocol(

@@ -9,7 +9,7 @@
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
 use safekeeper::acceptor::Acceptor;
-use safekeeper::ingest::{Executor, Sent, TimelineError};
+use safekeeper::ingest::{Executor, OpenError, Sent, TimelineError};
 use safekeeper::state::{ServerInfo, TimelineState};
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, TimelineId};
 
@@ -62,7 +62,8 @@ impl AcceptorNode {
     /// A node whose timeline was just created (no term, no WAL), up. `strict`: truncations
     /// past the written end are contract breaks.
     pub fn new(id: usize, mutation: Mutation, strict: bool) -> Self {
-        let control = TimelineState::new(ttid(), server_info());
+        let mut control = TimelineState::new(ttid(), server_info());
+        control.mconf = crate::sim::world::initial_configuration();
         let disk = SimDisk::new(control.clone(), mutation, strict);
         AcceptorNode {
             id,
@@ -165,6 +166,21 @@ impl AcceptorNode {
         self.exec.as_ref().is_some_and(Executor::flush_in_flight)
     }
 
+    /// Switches the membership configuration (the server's `PUT …/membership`): durable
+    /// when it returns; the answers are those of a flush in flight, which finishes first.
+    pub fn switch_membership(
+        &mut self,
+        to: pq_proto::proposer::Configuration,
+        crash_at: Option<usize>,
+    ) -> Outcome {
+        self.call(crash_at, |e| e.switch_membership(to).map(|(sent, _)| sent))
+    }
+
+    /// Raises the term (the server's `POST …/term_bump`): durable when it returns.
+    pub fn bump_term(&mut self, to: utils::Term, crash_at: Option<usize>) -> Outcome {
+        self.call(crash_at, |e| e.bump_term(Some(to)).map(|(sent, _)| sent))
+    }
+
     /// Connection `conn` ended: the server's disconnect (flush and checkpoint).
     pub fn disconnect(&mut self, conn: ConnId) -> Outcome {
         self.call(None, |e| e.disconnect(conn))
@@ -218,17 +234,43 @@ impl AcceptorNode {
         volatile
     }
 
+    /// Replaces this node's timeline by a copy of `donor`'s durable state, as a
+    /// `DELETE` of the timeline and a `pull_timeline` from that donor do: its control
+    /// file and its durable WAL, opened through the restart path (the node is up
+    /// afterwards). The caller closes the node's connections (deleting ends them).
+    pub fn replace_with_copy_of(&mut self, donor: &SimDisk) -> Result<Lsn, OpenError> {
+        let mut disk = donor.clone();
+        disk.power_loss(|_| 0);
+        disk.take_cuts();
+        disk.take_contract_break();
+        self.exec = None;
+        self.down = Some(disk);
+        self.restart()
+    }
+
     /// Starts the node from disk through the server's restart path. Returns the
-    /// flush_lsn found.
-    pub fn restart(&mut self) -> Lsn {
+    /// flush_lsn found, or why the restart path refused the timeline (acknowledged WAL
+    /// damaged: the node stays down).
+    pub fn restart(&mut self) -> Result<Lsn, OpenError> {
         let mut disk = self.down.take().expect("only a down node restarts");
         disk.set_restarting(true);
-        let mut exec = Executor::open(disk, ttid(), node_id(self.id))
-            .expect("the simulated disk always opens");
-        exec.storage_mut().set_restarting(false);
-        let flush = exec.acceptor().flush_lsn();
-        self.exec = Some(exec);
-        flush
+        // The restart path reads the disk only through the storage seam, and hands it back
+        // on success; on a refusal the disk is gone with the executor, so open a copy.
+        let copy = disk.clone();
+        match Executor::open(disk, ttid(), node_id(self.id)) {
+            Ok(mut exec) => {
+                exec.storage_mut().set_restarting(false);
+                let flush = exec.acceptor().flush_lsn();
+                self.exec = Some(exec);
+                Ok(flush)
+            }
+            Err(e) => {
+                let mut disk = copy;
+                disk.set_restarting(false);
+                self.down = Some(disk);
+                Err(e)
+            }
+        }
     }
 }
 

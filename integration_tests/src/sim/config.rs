@@ -97,6 +97,10 @@ pub enum Mutation {
     GrantEveryVote,
     /// The disk ignores fdatasync: replies claim durability it does not have.
     DropFlush,
+    /// The membership controller finishes a change without raising the new set's term to
+    /// the old set's (no `term_bump`): a former member's forgotten promises let a term be
+    /// won twice.
+    SkipTermBump,
 }
 
 /// What the caller chooses for a run (the seed chooses the rest).
@@ -127,6 +131,11 @@ pub struct SimOptions {
     pub unbounded_source: bool,
     /// Force one proposer (`Some(1)`) or two; `None` lets the seed choose.
     pub proposers: Option<usize>,
+    /// Change the membership now and then (joint configurations between {0,1,2} and its
+    /// pairs, as `walproposer membership` drives them).
+    pub membership: bool,
+    /// How often changes start, relative to the default rate.
+    pub membership_rate: f64,
 }
 
 impl Default for SimOptions {
@@ -142,6 +151,8 @@ impl Default for SimOptions {
             settle_steps: 5000,
             unbounded_source: false,
             proposers: None,
+            membership: true,
+            membership_rate: 1.0,
         }
     }
 }
@@ -163,6 +174,8 @@ pub struct SimConfig {
     pub send_window: usize,
     /// Weight of "crash an acceptor" per live acceptor.
     pub w_crash_acceptor: f64,
+    /// Weight of "start a membership change" while none is under way.
+    pub w_membership: f64,
     /// Weight of "crash a proposer" per live proposer.
     pub w_crash_proposer: f64,
     /// Weight of "break a connection" per connection.
@@ -237,6 +250,11 @@ impl SimConfig {
             connect_fail,
             send_window: rng.pick(&[2, 8, 32]),
             w_crash_acceptor: 0.01 * chaos,
+            w_membership: if opts.membership {
+                0.004 * chaos * opts.membership_rate
+            } else {
+                0.0
+            },
             w_crash_proposer: 0.01 * chaos,
             w_break_conn: 0.01 * chaos,
             w_silent: silent,

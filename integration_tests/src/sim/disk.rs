@@ -21,7 +21,7 @@ use super::config::{Mutation, SEG_SIZE};
 use super::storage::{self, MemStorage};
 
 /// The disk of one simulated safekeeper.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SimDisk {
     /// The WAL.
     pub mem: MemStorage,

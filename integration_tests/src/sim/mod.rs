@@ -77,6 +77,14 @@ pub struct SeedReport {
     pub fetches_ok: u64,
     /// Donor fetches failed.
     pub fetches_failed: u64,
+    /// WAL bytes safekeepers took from their peers (peer recovery steps).
+    pub recovered_bytes: u64,
+    /// Membership changes completed (joint, then final configuration).
+    pub membership_changes: u64,
+    /// Configurations installed on one safekeeper (durable switches).
+    pub membership_switches: u64,
+    /// Timelines replaced by a copy of a peer's for a new member (pull_timeline).
+    pub membership_pulls: u64,
     /// Set if the proposer had not committed what it holds by the end of the calm phase
     /// (a liveness failure), with its state.
     pub stalled: Option<String>,
@@ -138,6 +146,7 @@ pub fn mutation_name(m: Mutation) -> &'static str {
         Mutation::DropVotePersist => "drop-vote-persist",
         Mutation::GrantEveryVote => "grant-every-vote",
         Mutation::DropFlush => "drop-flush",
+        Mutation::SkipTermBump => "skip-term-bump",
     }
 }
 
@@ -148,6 +157,7 @@ pub fn parse_mutation(name: &str) -> Option<Mutation> {
         Mutation::DropVotePersist,
         Mutation::GrantEveryVote,
         Mutation::DropFlush,
+        Mutation::SkipTermBump,
     ]
     .into_iter()
     .find(|m| mutation_name(*m) == name)
@@ -196,6 +206,10 @@ impl Summary {
         t.acceptor_errors += r.acceptor_errors;
         t.fetches_ok += r.fetches_ok;
         t.fetches_failed += r.fetches_failed;
+        t.recovered_bytes += r.recovered_bytes;
+        t.membership_changes += r.membership_changes;
+        t.membership_switches += r.membership_switches;
+        t.membership_pulls += r.membership_pulls;
         if r.violation.is_some() {
             self.failures.push(r.clone());
         }
@@ -261,9 +275,13 @@ impl fmt::Display for Summary {
         )?;
         write!(
             f,
-            "donor fetches: {} served, {} failed; stalled after the faults stopped {}; violations {}",
+            "donor fetches: {} served, {} failed; peer recovery {} bytes; membership changes {} ({} switches, {} pulls); stalled after the faults stopped {}; violations {}",
             t.fetches_ok,
             t.fetches_failed,
+            t.recovered_bytes,
+            t.membership_changes,
+            t.membership_switches,
+            t.membership_pulls,
             self.stalled.len(),
             self.failures.len()
         )

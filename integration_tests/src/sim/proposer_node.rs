@@ -145,6 +145,9 @@ pub struct ProposerNode {
     pub restart_at: u64,
     /// How far this incarnation's committed log was compared with the reference.
     pub commit_verified: Lsn,
+    /// The membership configuration the next incarnation starts with: the initial one,
+    /// or the newest a safekeeper greeted a former incarnation with.
+    pub mconf: pq_proto::proposer::Configuration,
 }
 
 impl ProposerNode {
@@ -159,6 +162,7 @@ impl ProposerNode {
             fetch: None,
             restart_at,
             commit_verified: Lsn::INVALID,
+            mconf: crate::sim::world::initial_configuration(),
         }
     }
 
@@ -181,6 +185,14 @@ impl ProposerNode {
         conf.heartbeat_ms = cfg.heartbeat_ms;
         conf.min_backoff_ms = cfg.backoff_ms.0;
         conf.max_backoff_ms = cfg.backoff_ms.1;
+        // Every safekeeper is on the list, members or not (the index is the acceptor's);
+        // the configuration says which count.
+        conf.mconf = self.mconf.clone();
+        conf.sk_ids = Some(
+            (0..N_ACCEPTORS)
+                .map(super::acceptor_node::node_id)
+                .collect(),
+        );
         let mut p = Proposer::new(conf);
         p.handle(now, walproposer::proposer::Input::Tick);
         self.incarnation += 1;

@@ -1,7 +1,7 @@
-//! The harness of `docker_faults`: one compose project of docker-compose.yml (three
-//! safekeeper containers and the compute on a private network) driven with `docker`,
-//! `scripts/docker/compose` and this machine's psql/pgbench against the loopback ports it
-//! publishes.
+//! The harness of `docker_faults` and `docker_membership`: one compose project of
+//! docker-compose.yml (three safekeeper containers and the compute on a private network,
+//! the spare `sk4` with the `spare` profile) driven with `docker`, `scripts/docker/compose`
+//! and this machine's psql/pgbench against the loopback ports it publishes.
 //!
 //! Owns: the project's name, host ports and subnet; every docker command, each bounded in
 //! time. Must never: leave a container, network or volume behind ([`Stack`] runs
@@ -200,15 +200,17 @@ pub struct Status {
     pub timeline_start_lsn: Lsn,
 }
 
-/// Host ports (compute, three safekeepers' pg and http) of one project.
+/// Host ports (compute, four safekeepers' pg and http — the fourth is the spare `sk4` —,
+/// Prometheus) of one project.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     compute: u16,
-    pg: [u16; 3],
-    http: [u16; 3],
+    pg: [u16; 4],
+    http: [u16; 4],
+    prometheus: u16,
 }
 
-/// Seven free loopback ports below the kernel's ephemeral range (so ports other tests get
+/// Ten free loopback ports below the kernel's ephemeral range (so ports other tests get
 /// from the kernel cannot take them), in a block chosen by the process id and `salt`.
 fn pick_ports(salt: u32) -> anyhow::Result<Ports> {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
@@ -217,10 +219,11 @@ fn pick_ports(salt: u32) -> anyhow::Result<Ports> {
         let base = 29000 + ((start + attempt) % 290) as u16 * 10;
         let ports = Ports {
             compute: base,
-            pg: [base + 1, base + 2, base + 3],
-            http: [base + 4, base + 5, base + 6],
+            pg: [base + 1, base + 2, base + 3, base + 8],
+            http: [base + 4, base + 5, base + 6, base + 9],
+            prometheus: base + 7,
         };
-        if [ports.compute]
+        if [ports.compute, ports.prometheus]
             .iter()
             .chain(&ports.pg)
             .chain(&ports.http)
@@ -229,7 +232,7 @@ fn pick_ports(salt: u32) -> anyhow::Result<Ports> {
             return Ok(ports);
         }
     }
-    bail!("no block of 7 free ports in 29000..31900")
+    bail!("no block of 10 free ports in 29000..31900")
 }
 
 /// A /24 no Docker network uses yet, in 10.214.0.0/16.
@@ -259,6 +262,8 @@ pub struct Stack {
     project: String,
     ports: Ports,
     subnet: String,
+    /// The compose profiles on for every command (`monitoring`, `spare`).
+    profiles: Vec<&'static str>,
 }
 
 impl Stack {
@@ -269,7 +274,26 @@ impl Stack {
             project: format!("skdt{}{}", scenario, std::process::id()),
             ports: pick_ports(salt)?,
             subnet: pick_subnet(salt)?,
+            profiles: Vec::new(),
         })
+    }
+
+    /// Like [`Stack::new`], with the `monitoring` profile on for every compose command
+    /// (`up` starts Prometheus, `down -v` removes it).
+    pub fn with_monitoring(scenario: &str, salt: u32) -> anyhow::Result<Stack> {
+        Stack::with_profiles(scenario, salt, &["monitoring"])
+    }
+
+    /// Like [`Stack::new`], with `profiles` on for every compose command (`down -v` then
+    /// removes their services and volumes too).
+    pub fn with_profiles(
+        scenario: &str,
+        salt: u32,
+        profiles: &[&'static str],
+    ) -> anyhow::Result<Stack> {
+        let mut s = Stack::new(scenario, salt)?;
+        s.profiles = profiles.to_vec();
+        Ok(s)
     }
 
     /// The variables docker-compose.yml and scripts/docker/check read.
@@ -278,8 +302,15 @@ impl Stack {
             ("COMPOSE_PROJECT_NAME".into(), self.project.clone()),
             ("SK_COMPUTE_PORT".into(), self.ports.compute.to_string()),
             ("SK_DOCKER_SUBNET".into(), self.subnet.clone()),
+            (
+                "SK_PROMETHEUS_PORT".into(),
+                self.ports.prometheus.to_string(),
+            ),
         ];
-        for i in 0..3 {
+        if !self.profiles.is_empty() {
+            env.push(("COMPOSE_PROFILES".into(), self.profiles.join(",")));
+        }
+        for i in 0..4 {
             env.push((format!("SK{}_PG_PORT", i + 1), self.ports.pg[i].to_string()));
             env.push((
                 format!("SK{}_HTTP_PORT", i + 1),
@@ -287,6 +318,11 @@ impl Stack {
             ));
         }
         env
+    }
+
+    /// `127.0.0.1:<port>` of Prometheus's API (with the `monitoring` profile).
+    pub fn prometheus_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.prometheus)
     }
 
     /// The compute's port on 127.0.0.1.
@@ -303,7 +339,15 @@ impl Stack {
 
     /// `up -d`, then waits until a commit goes through the compute and the quorum.
     pub fn up(&self) -> anyhow::Result<()> {
-        self.compose(&["up", "-d"])?;
+        self.up_only(&[])
+    }
+
+    /// `up -d <services>` (every service of the active profiles when empty), then waits
+    /// until a commit goes through the compute and the quorum.
+    pub fn up_only(&self, services: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["up", "-d"];
+        args.extend(services);
+        self.compose(&args)?;
         self.wait_ready()
     }
 
@@ -452,7 +496,14 @@ impl Stack {
         Ok(self.sql("SELECT count(*) FROM pgbench_history")?.parse()?)
     }
 
-    /// `TIMELINE_STATUS` of safekeeper `i` (0-based), read on its published port.
+    /// `127.0.0.1:<port>` of safekeeper `i`'s HTTP API (0-based; 3 is the spare `sk4`).
+    #[allow(dead_code)] // docker_membership's; docker_faults reads TIMELINE_STATUS only
+    pub fn http_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports.http[i])
+    }
+
+    /// `TIMELINE_STATUS` of safekeeper `i` (0-based; 3 is the spare `sk4`), read on its
+    /// published port.
     pub fn status(&self, i: usize) -> anyhow::Result<Status> {
         let conninfo = format!(
             "host=127.0.0.1 port={} replication=1 connect_timeout=3",
@@ -511,11 +562,25 @@ impl Stack {
     /// checks the three hold the same bytes from the timeline's start to the lowest
     /// commit_lsn, which must reach `at_least`. Returns that range's end.
     pub fn assert_identical_wal(&self, at_least: Lsn) -> anyhow::Result<Lsn> {
+        self.assert_identical_wal_of(&[0, 1, 2], at_least)
+    }
+
+    /// The tenant and timeline ids the bridge derives from the primary's system id.
+    pub fn timeline_ids(&self) -> anyhow::Result<(utils::TenantId, utils::TimelineId)> {
         let system_id: u64 = self
             .sql("SELECT system_identifier FROM pg_control_system()")?
             .parse()?;
-        let (tenant, timeline) = derived_ids(system_id);
-        let statuses: Vec<Status> = (0..3).map(|i| self.status(i)).collect::<Result<_, _>>()?;
+        Ok(derived_ids(system_id))
+    }
+
+    /// [`Stack::assert_identical_wal`] for safekeepers `which` (0-based; 3 is `sk4`): the
+    /// first one's bytes are the reference.
+    pub fn assert_identical_wal_of(&self, which: &[usize], at_least: Lsn) -> anyhow::Result<Lsn> {
+        let (tenant, timeline) = self.timeline_ids()?;
+        let statuses: Vec<Status> = which
+            .iter()
+            .map(|&i| self.status(i))
+            .collect::<Result<_, _>>()?;
         let start = statuses[0].timeline_start_lsn;
         ensure!(
             statuses.iter().all(|s| s.timeline_start_lsn == start),
@@ -528,7 +593,8 @@ impl Stack {
         );
         let dir = tempfile::tempdir()?;
         let mut first: Option<Vec<u8>> = None;
-        for service in SAFEKEEPERS {
+        let services: Vec<String> = which.iter().map(|i| format!("sk{}", i + 1)).collect();
+        for service in &services {
             let local = dir.path().join(service);
             docker(&[
                 "cp",
@@ -542,7 +608,8 @@ impl Stack {
                 Some(w) => {
                     let at = w.iter().zip(&wal).position(|(a, b)| a != b).unwrap_or(0);
                     bail!(
-                        "{service}'s WAL differs from sk1's at {} (compared {start}..{end})",
+                        "{service}'s WAL differs from {}'s at {} (compared {start}..{end})",
+                        services[0],
                         Lsn(start.0 + at as u64)
                     );
                 }

@@ -96,12 +96,7 @@ pub fn backup_reaches(
 
 /// The `wal:` range a `walproposer generate` report prints.
 pub fn generated_range(report: &str) -> anyhow::Result<(Lsn, Lsn)> {
-    let line = report
-        .lines()
-        .find_map(|l| l.strip_prefix("wal:"))
-        .with_context(|| format!("no wal: line in {report}"))?;
-    let (a, b) = line.split_once("..").context("wal: a .. b")?;
-    Ok((a.trim().parse()?, b.trim().parse()?))
+    integration_tests::sk::generated_wal_range(report)
 }
 
 /// A PostgreSQL 15 primary whose synchronous standby is `walproposer bridge` in front of

@@ -58,6 +58,8 @@ codes! {
     QUERY_CANCELED = b"57014";
     /// 57P01 admin_shutdown.
     ADMIN_SHUTDOWN = b"57P01";
+    /// 57P05 idle_session_timeout.
+    IDLE_SESSION_TIMEOUT = b"57P05";
     /// 57P03 cannot_connect_now.
     CANNOT_CONNECT_NOW = b"57P03";
     /// 58030 io_error.

@@ -2,7 +2,8 @@
 //! writing the typed messages of [`crate::frontend`] and [`crate::backend`].
 //!
 //! Owns: [`Framed`] (one owner for the socket and both buffers), its halves
-//! [`FramedReader`] / [`FramedWriter`] for CopyBoth streams, and [`ConnectionError`]. Must
+//! [`FramedReader`] / [`FramedWriter`] for CopyBoth streams, [`ConnectionError`], and
+//! [`Stream`], the plain-or-TLS TCP stream real connections run over. Must
 //! never: interpret messages, add timeouts, or reserve buffer space from a length field
 //! before the codec has checked it against the maximum.
 //!
@@ -30,8 +31,10 @@ use crate::frontend::{FeMessage, FeStartupPacket};
 use crate::{DEFAULT_MAX_MESSAGE_LEN, ProtocolError};
 
 mod halves;
+mod stream;
 
 pub use halves::{FramedReader, FramedWriter};
+pub use stream::{Stream, StreamReadHalf, StreamWriteHalf, TlsTcp};
 
 /// Why a framed read or write failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,21 @@ const READ_CHUNK: usize = 8 * 1024;
 /// messages per system call and per wake-up; a quiet one stays at [`READ_CHUNK`], so idle
 /// connections do not pin large buffers.
 const MAX_READ_CHUNK: usize = 64 * 1024;
+
+/// A buffer whose capacity grew past this (a large message went through it) is given back
+/// once it holds little, so a connection that once sent or received one large message
+/// does not pin that memory for the rest of its life.
+const SHRINK_ABOVE: usize = 4 * MAX_READ_CHUNK;
+
+/// Replaces `buf` by a small one holding the same bytes when it grew past
+/// [`SHRINK_ABOVE`] and now holds at most [`READ_CHUNK`].
+fn shrink(buf: &mut BytesMut) {
+    if buf.capacity() > SHRINK_ABOVE && buf.len() <= READ_CHUNK {
+        let mut small = BytesMut::with_capacity(READ_CHUNK);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
 
 /// The read side's state: buffered bytes not yet returned as a message, and the limit.
 #[derive(Debug)]
@@ -96,6 +114,7 @@ impl ReadState {
     {
         loop {
             if let Some(msg) = parse(&mut self.buf, self.max_len)? {
+                shrink(&mut self.buf);
                 return Ok(Some(msg));
             }
             self.buf.reserve(missing(&self.buf).max(self.chunk));
@@ -171,6 +190,7 @@ async fn flush_buf<W: AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     io.write_all_buf(buf).await?;
     io.flush().await?;
+    shrink(buf);
     Ok(())
 }
 
@@ -197,6 +217,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     pub fn with_max_message_len(mut self, max_len: usize) -> Self {
         self.read.max_len = max_len;
         self
+    }
+
+    /// Changes the message length limit of an open connection (e.g. a small one while
+    /// a server waits for a password, restored afterwards).
+    pub fn set_max_message_len(&mut self, max_len: usize) {
+        self.read.max_len = max_len;
     }
 
     /// The message length limit in force.

@@ -227,3 +227,35 @@ fn reads_grow_while_the_stream_keeps_filling_them_and_shrink_when_it_is_quiet() 
     r.adapt(100, super::MAX_READ_CHUNK);
     assert_eq!(r.chunk, super::READ_CHUNK);
 }
+
+#[tokio::test]
+async fn buffers_shrink_after_a_large_message() {
+    let (client, server) = duplex(1 << 20);
+    let mut client = Framed::new(client);
+    let mut server = Framed::new(server);
+    client.write_fe(&FeMessage::CopyData(Bytes::from(vec![1u8; 4 << 20])));
+    client.write_fe(&FeMessage::Query(Bytes::from_static(b"IDENTIFY_SYSTEM")));
+    let writer = async {
+        client.flush().await.unwrap();
+        client
+    };
+    let reader = async {
+        let big = server.read_fe_message().await.unwrap().unwrap();
+        assert!(matches!(big, FeMessage::CopyData(ref b) if b.len() == 4 << 20));
+        drop(big);
+        server.read_fe_message().await.unwrap().unwrap()
+    };
+    let (client, small) = tokio::join!(writer, reader);
+    assert!(matches!(small, FeMessage::Query(_)));
+    // Neither side keeps megabytes for a connection that is now quiet.
+    assert!(
+        server.read.buf.capacity() <= 64 * 1024,
+        "{}",
+        server.read.buf.capacity()
+    );
+    assert!(
+        client.write.capacity() <= 64 * 1024,
+        "{}",
+        client.write.capacity()
+    );
+}

@@ -34,17 +34,27 @@ impl Acceptor {
         }
         let (begin, end) = (a.h.begin_lsn, a.h.end_lsn);
         let len = end.distance_from(begin).unwrap_or(u64::MAX);
-        if len != a.wal_data.len() as u64 || len > MAX_SEND_SIZE as u64 {
-            return Err(AcceptorError::BadRange { begin, end });
+        let bytes = a.wal_data.len() as u64;
+        if bytes > MAX_SEND_SIZE as u64 {
+            return Err(AcceptorError::AppendTooLarge {
+                bytes,
+                max: MAX_SEND_SIZE as u64,
+            });
+        }
+        if len != bytes {
+            return Err(AcceptorError::BadRange { begin, end, bytes });
         }
         let mut effects = Vec::new();
+        let write_lsn = self.wal.write_lsn;
+        // Also for an empty request: a heartbeat past the end means bytes sent before it
+        // never arrived (a stream that lost a message), and answering it would let the
+        // proposer believe they did.
+        if begin > write_lsn {
+            return Err(AcceptorError::Gap { begin, write_lsn });
+        }
         if !a.wal_data.is_empty() {
             if self.wal.poisoned {
                 return Err(AcceptorError::WalPoisoned);
-            }
-            let write_lsn = self.wal.write_lsn;
-            if begin > write_lsn {
-                return Err(AcceptorError::Gap { begin, write_lsn });
             }
             if begin < write_lsn {
                 return Err(AcceptorError::Rewrite { begin, write_lsn });

@@ -21,7 +21,7 @@ impl Acceptor {
         if ours != theirs {
             return Err(AcceptorError::GenerationMismatch { ours, theirs });
         }
-        Ok(())
+        self.check_member()
     }
 
     pub(super) fn handle_greeting(
@@ -124,6 +124,9 @@ impl Acceptor {
             // A proposer that lost meanwhile; it will learn from the next reply.
             return Ok(Output::silent(Vec::new()));
         }
+        // Before anything else: a malformed history must never be persisted (later votes
+        // would hand it to the next proposer).
+        e.term_history.validate_proposed(e.term)?;
         // The flush_lsn the flush below makes durable. The flush itself comes after the
         // checks: a refusal discards the effects, so it must not have marked WAL flushed.
         let flush = self.wal.write_record_lsn;
@@ -167,6 +170,7 @@ impl Acceptor {
             effects.push(Effect::TruncateWal { end: start });
         }
         self.wal = WalPosition::at(start, &self.state.server);
+        self.state.durable_flush_lsn = start;
         let timeline_start = e.term_history.0[0].lsn;
         let s = &mut self.state;
         s.term = e.term;

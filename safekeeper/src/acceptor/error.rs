@@ -58,9 +58,16 @@ pub enum AcceptorError {
         /// The message's generation.
         theirs: Generation,
     },
-    /// A greeting with a higher generation that does not include this node.
+    /// A greeting with a higher generation that does not include this node, or a vote or
+    /// append while the current configuration does not.
     #[error("configuration of generation {0} does not include this safekeeper")]
     NotAMember(Generation),
+    /// A membership switch to a configuration that differs from the current one of the
+    /// same generation.
+    #[error(
+        "another configuration of generation {0} is in place; a change needs a higher generation"
+    )]
+    ConfigurationConflict(Generation),
     /// AppendRequest for a term this acceptor has not been elected into.
     #[error("got AppendRequest of term {msg_term} before ProposerElected (acceptor term {term})")]
     AppendBeforeElected {
@@ -85,13 +92,25 @@ pub enum AcceptorError {
         /// End of written WAL.
         write_lsn: Lsn,
     },
-    /// end_lsn below begin_lsn, or more bytes than the protocol allows.
-    #[error("invalid AppendRequest range {begin}..{end}")]
+    /// end_lsn below begin_lsn, or a range that does not match the WAL bytes sent.
+    #[error("invalid AppendRequest range {begin}..{end}: it carries {bytes} bytes of WAL")]
     BadRange {
         /// begin_lsn.
         begin: Lsn,
         /// end_lsn.
         end: Lsn,
+        /// The WAL bytes the request carries.
+        bytes: u64,
+    },
+    /// More WAL in one AppendRequest than the protocol allows.
+    #[error(
+        "AppendRequest carries {bytes} bytes of WAL; at most {max} (128 KiB) are allowed in one"
+    )]
+    AppendTooLarge {
+        /// The WAL bytes the request carries.
+        bytes: u64,
+        /// The limit.
+        max: u64,
     },
     /// The elected proposer's start point disagrees with the histories.
     #[error(

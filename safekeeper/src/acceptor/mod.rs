@@ -17,18 +17,21 @@
 //!
 //! Files: [`election`] (greeting, vote, ProposerElected), [`append`] (AppendRequest and the
 //! record boundaries of incoming WAL), [`progress`] (inputs from others and the
-//! persistence thresholds), [`horizon`] (what WAL removal may delete).
+//! persistence thresholds), [`horizon`] (what WAL removal may delete), [`membership`]
+//! (switches of the membership configuration from the API).
 
 mod append;
 mod election;
 mod error;
 pub mod horizon;
+mod membership;
 mod progress;
 #[cfg(test)]
 mod tests;
 
 pub use error::AcceptorError;
 pub use horizon::{Claims, RemovalPolicy, removal_horizon};
+pub use membership::{MembershipSwitch, TermBump};
 pub use progress::Progress;
 
 use bytes::Bytes;
@@ -162,10 +165,12 @@ pub struct Acceptor {
 impl Acceptor {
     /// Restores the acceptor from its persisted state and the end of the WAL found on
     /// disk (`flush_lsn`, a record boundary; 0 if there is no WAL).
-    pub fn new(node_id: NodeId, state: TimelineState, flush_lsn: Lsn) -> Self {
+    pub fn new(node_id: NodeId, mut state: TimelineState, flush_lsn: Lsn) -> Self {
+        let persisted = progress::Persisted::of(&state);
+        state.durable_flush_lsn = flush_lsn;
         Acceptor {
             node_id,
-            persisted: progress::Persisted::of(&state),
+            persisted,
             wal: WalPosition::at(flush_lsn, &state.server),
             state,
             candidate_commit_lsn: Lsn::INVALID,
@@ -282,6 +287,7 @@ impl Acceptor {
             .wal
             .flush_lsn
             .max(t.record_lsn.min(self.wal.write_record_lsn));
+        self.state.durable_flush_lsn = self.wal.flush_lsn;
         self.answer_flush()
     }
 
@@ -330,6 +336,7 @@ impl Acceptor {
             self.wal.flushed_write_lsn = self.wal.write_lsn;
         }
         self.wal.flush_lsn = self.wal.write_record_lsn;
+        self.state.durable_flush_lsn = self.wal.flush_lsn;
     }
 }
 

@@ -39,6 +39,8 @@ pub(super) struct Persisted {
     backup_lsn: Lsn,
     remote_consistent_lsn: Lsn,
     peer_horizon_lsn: Lsn,
+    /// Written by every persist and at checkpoints, never a reason to persist by itself.
+    durable_flush_lsn: Lsn,
 }
 
 impl Persisted {
@@ -48,6 +50,7 @@ impl Persisted {
             backup_lsn: s.backup_lsn,
             remote_consistent_lsn: s.remote_consistent_lsn,
             peer_horizon_lsn: s.peer_horizon_lsn,
+            durable_flush_lsn: s.durable_flush_lsn,
         }
     }
 
@@ -60,9 +63,11 @@ impl Persisted {
         ]
     }
 
-    /// True if any lazily kept field differs from its persisted value.
+    /// True if any lazily kept field (or the durable-flush watermark) differs from its
+    /// persisted value.
     pub(super) fn differs(&self, s: &TimelineState) -> bool {
         self.pairs(s).iter().any(|(old, new)| old != new)
+            || self.durable_flush_lsn != s.durable_flush_lsn
     }
 
     /// True if any lazily kept field moved at least the threshold past its persisted value.

@@ -14,14 +14,21 @@
 //!
 //! A write that completes a segment (durable already) answers at once instead, so commits
 //! waiting on it are released without waiting for the queue.
+//!
+//! The control file's durable-flush watermark is written through [`Watermark`]: clamped to
+//! what completed flushes covered, and lowered (one extra control-file write) before a
+//! truncation cuts below it. The restart path judges the end of WAL it finds against it
+//! (see [`super::restart`]).
 
 use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
 use utils::{Lsn, NodeId, TenantTimelineId};
 
 use super::error::{OpenError, TimelineError};
+use super::restart;
+use super::watermark::Watermark;
 use crate::acceptor::{Acceptor, Effect, FlushTicket, Progress, Reply};
 use crate::state::TimelineState;
-use crate::storage::{Storage, WriteOutcome, find_end_of_wal};
+use crate::storage::{ScanStop, Storage, WalEnd, WriteOutcome, find_end_of_wal};
 
 /// A proposer connection of a timeline (unique per server run).
 pub type ConnId = u64;
@@ -46,13 +53,17 @@ pub struct Executor<S> {
     in_flight: Option<(FlushTicket, Vec<ConnId>)>,
     /// Set after a storage error: the in-memory state may be ahead of the disk.
     broken: bool,
+    /// What the storage made durable, and the control file as last written.
+    watermark: Watermark,
 }
 
 impl<S: Storage> Executor<S> {
     /// The restart path: reads the control file, finds the end of WAL by decoding forward
     /// from the persisted commit_lsn (WAL at or above it is never removed, so it is a
     /// record boundary that exists), and cuts whatever lies past that end — it was never
-    /// acknowledged, and must never be mistaken for WAL later.
+    /// acknowledged, and must never be mistaken for WAL later. Unless the end is below
+    /// the control file's durable-flush watermark: acknowledged WAL is damaged, nothing is
+    /// cut and the timeline is refused ([`OpenError::AckedWalDamaged`]).
     pub fn open(
         mut storage: S,
         ttid: TenantTimelineId,
@@ -77,20 +88,31 @@ impl<S: Storage> Executor<S> {
                 state.ttid
             )));
         }
-        let mut flush_lsn = Lsn::INVALID;
-        if state.commit_lsn.is_valid() {
-            let s = state.server;
+        let s = state.server;
+        let found = if state.commit_lsn.is_valid() {
             let cfg = utils::xlog::DecoderConfig::new(s.pg_version, s.wal_seg_size, s.system_id);
-            flush_lsn = find_end_of_wal(&mut storage, state.commit_lsn, cfg)?;
-        }
+            find_end_of_wal(&mut storage, state.commit_lsn, cfg)?
+        } else {
+            WalEnd {
+                end: Lsn::INVALID,
+                stop: ScanStop::NoMoreWal,
+            }
+        };
+        let flush_lsn = restart::judge(&ttid, found, state.durable_flush_lsn, s.wal_seg_size)?;
+        // At or above the watermark: the control file stays consistent without a write.
+        debug_assert!(flush_lsn >= state.durable_flush_lsn);
         storage.truncate_wal(flush_lsn)?;
         Ok(Self::new(storage, node_id, state, flush_lsn))
     }
 
     /// An executor over `storage`, whose persisted state is `state` and whose WAL ends at
     /// `flush_lsn` (a record boundary; 0 for none).
+    ///
+    /// `state` must be what the storage's control file holds, and the WAL up to
+    /// `flush_lsn` durable.
     pub fn new(storage: S, node_id: NodeId, state: TimelineState, flush_lsn: Lsn) -> Self {
         Executor {
+            watermark: Watermark::new(state.clone(), flush_lsn),
             acceptor: Acceptor::new(node_id, state, flush_lsn),
             storage,
             owed: Vec::new(),
@@ -224,6 +246,7 @@ impl<S: Storage> Executor<S> {
         let ticket = self.acceptor.begin_flush();
         match self.storage.begin_flush() {
             Ok(flush) => {
+                self.watermark.flush_begun();
                 self.in_flight = Some((ticket, std::mem::take(&mut self.owed)));
                 Ok(Some(flush))
             }
@@ -242,6 +265,7 @@ impl<S: Storage> Executor<S> {
         if let Err(source) = self.storage.await_flush() {
             return Err(self.storage_failed(source));
         }
+        self.watermark.flush_awaited();
         let out = self.acceptor.complete_flush(ticket);
         self.perform(out.effects)?;
         Ok(answers(out.reply, conns))
@@ -265,6 +289,33 @@ impl<S: Storage> Executor<S> {
         Ok(sent)
     }
 
+    /// Switches the membership configuration (see [`Acceptor::switch_membership`]); when
+    /// it returns, a switch is durable. Returns the answers of a flush in flight, which
+    /// finishes first, and what the switch did.
+    pub fn switch_membership(
+        &mut self,
+        to: pq_proto::proposer::Configuration,
+    ) -> Result<(Vec<Sent>, crate::acceptor::MembershipSwitch), TimelineError> {
+        self.usable()?;
+        let sent = self.finish_flush()?;
+        let (switch, effects) = self.acceptor.switch_membership(to)?;
+        self.perform(effects)?;
+        Ok((sent, switch))
+    }
+
+    /// Raises the term (see [`Acceptor::bump_term`]); when it returns, a raise is durable.
+    /// Returns the answers of a flush in flight, which finishes first, and what it did.
+    pub fn bump_term(
+        &mut self,
+        to: Option<utils::Term>,
+    ) -> Result<(Vec<Sent>, crate::acceptor::TermBump), TimelineError> {
+        self.usable()?;
+        let sent = self.finish_flush()?;
+        let (bump, effects) = self.acceptor.bump_term(to);
+        self.perform(effects)?;
+        Ok((sent, bump))
+    }
+
     /// Makes written WAL durable and persists lazily kept state that moved. A broken
     /// executor does nothing (its state may be ahead of the disk). Returns the answers of
     /// a flush in flight, which finishes first.
@@ -285,6 +336,7 @@ impl<S: Storage> Executor<S> {
         // wait for ever (nor spin).
         self.owed.clear();
         self.in_flight = None;
+        self.watermark.flush_abandoned();
         let ttid = self.ttid();
         tracing::error!(%ttid, "storage error, the timeline will be reloaded: {source}");
         TimelineError::Storage { ttid, source }
@@ -295,20 +347,25 @@ impl<S: Storage> Executor<S> {
         let mut segment_completed = false;
         for effect in effects {
             let res = match effect {
-                Effect::InitWal { start, image } => self.storage.init_wal(start, &image),
+                Effect::InitWal { start, image } => self
+                    .storage
+                    .init_wal(start, &image)
+                    .map(|()| self.watermark.initialized(start)),
                 Effect::WriteWal { lsn, data } => {
+                    let end = Lsn(lsn.0 + data.len() as u64);
                     self.storage.write_wal(lsn, data).map(|outcome| {
+                        self.watermark.wrote(end);
                         segment_completed |= outcome == WriteOutcome::SegmentCompleted;
                     })
                 }
-                Effect::FlushWal => self.storage.flush_wal(),
-                Effect::TruncateWal { end } => self.storage.truncate_wal(end),
+                Effect::FlushWal => self.storage.flush_wal().map(|()| self.watermark.flushed()),
+                Effect::TruncateWal { end } => self.truncate(end),
                 Effect::PersistControl(state) => {
-                    let r = self.storage.persist_control(&state);
-                    if r.is_ok() {
+                    let state = self.watermark.to_persist(&state);
+                    self.storage.persist_control(&state).map(|()| {
                         self.acceptor.mark_persisted(&state);
-                    }
-                    r
+                        self.watermark.persisted(state);
+                    })
                 }
             };
             if let Err(source) = res {
@@ -316,6 +373,20 @@ impl<S: Storage> Executor<S> {
             }
         }
         Ok(segment_completed)
+    }
+}
+
+impl<S: Storage> Executor<S> {
+    /// Cuts the WAL at `end`, lowering the control file's watermark first if it is above
+    /// `end`: a crash between the two then finds a watermark the WAL still reaches.
+    fn truncate(&mut self, end: Lsn) -> std::io::Result<()> {
+        if let Some(lowered) = self.watermark.before_truncate(end) {
+            self.storage.persist_control(&lowered)?;
+            self.watermark.persisted(lowered);
+        }
+        self.storage.truncate_wal(end)?;
+        self.watermark.truncated(end);
+        Ok(())
     }
 }
 

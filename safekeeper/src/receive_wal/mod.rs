@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pq_proto::backend::{BeMessage, CopyResponse};
-use pq_proto::framed::ConnectionError;
+use pq_proto::framed::{ConnectionError, FramedReader, Stream, StreamReadHalf};
 use pq_proto::frontend::FeMessage;
 use pq_proto::proposer::{ProposerMessage, ProtocolVersion};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, oneshot};
 use utils::{TenantTimelineId, xlog};
 
@@ -31,7 +30,7 @@ use crate::ctx::ServerCtx;
 use crate::errors::ClientError;
 use crate::session::{Conn, Session, send_error};
 use crate::state::ServerInfo;
-use crate::timeline::{Input, Timeline};
+use crate::timeline::{ComputeGuard, Input, Timeline};
 
 /// Bytes of a connection's messages that may wait in the ingest loop's inbox.
 pub const INPUT_BUDGET: usize = 8 << 20;
@@ -53,11 +52,14 @@ pub async fn run(
         column_formats: vec![],
     }));
     conn.flush().await?;
+    // CopyData of a WAL push (AppendRequests of up to 128 KiB of WAL, and ProposerElected,
+    // whose term history grows with every election) may be larger than a command.
+    conn.set_max_message_len(pq_proto::DEFAULT_MAX_MESSAGE_LEN);
 
     // A proposer that never greets must not hold up a graceful shutdown.
     let first = tokio::select! {
         _ = ctx.shutdown.cancelled() => {
-            send_error(&mut conn, &ClientError::Shutdown).await;
+            send_error(&mut conn, &ctx.metrics, &ClientError::Shutdown).await;
             return Ok(());
         }
         m = read_proposer_message(&mut conn, version) => m,
@@ -66,7 +68,7 @@ pub async fn run(
         Ok(Some(m)) => m,
         Ok(None) => return Ok(()),
         Err(e) => {
-            send_error(&mut conn, &e).await;
+            send_error(&mut conn, &ctx.metrics, &e).await;
             return Err(e);
         }
     };
@@ -74,7 +76,7 @@ pub async fn run(
         Ok(tl) => tl,
         Err(e) => {
             tracing::warn!("START_WAL_PUSH refused: {e}");
-            send_error(&mut conn, &e).await;
+            send_error(&mut conn, &ctx.metrics, &e).await;
             return Err(e);
         }
     };
@@ -82,17 +84,17 @@ pub async fn run(
     tracing::info!(%ttid, ?version, app = %session.app_name, "proposer connected");
     // Counted by the timeline until the stream is over: its shutdown waits for us.
     let _stream = tl.stream_token();
-    let _compute = tl.compute_guard();
-    ctx.metrics.proposer_connections.inc();
-    let (reader, writer) = conn.split_with(TcpStream::into_split);
-    let (half, pending) = writer.into_inner();
-    let sink = Arc::new(ReplySink::new(half, pending, version));
     let id = tl.new_conn_id();
+    let mut compute = tl.compute_guard(id, &session.app_name);
+    ctx.metrics.proposer_connections.inc();
+    let (reader, writer) = conn.split_with(Stream::into_split);
+    let (half, pending) = writer.into_inner();
+    let sink = Arc::new(ReplySink::new(half, pending, version, ctx.metrics.clone()));
     let result = match tl.submit(Input::Connect {
         conn: id,
         reply_to: sink.clone(),
     }) {
-        Ok(()) => stream(ctx, &tl, id, reader, &sink, version, first).await,
+        Ok(()) => stream(ctx, &tl, &mut compute, reader, &sink, version, first).await,
         Err(e) => {
             sink.end_with(&e.into());
             Ok(())
@@ -119,12 +121,13 @@ pub async fn run(
 async fn stream(
     ctx: &ServerCtx,
     tl: &Arc<Timeline>,
-    id: u64,
-    mut reader: pq_proto::framed::FramedReader<tokio::net::tcp::OwnedReadHalf>,
+    compute: &mut ComputeGuard,
+    mut reader: FramedReader<StreamReadHalf>,
     sink: &ReplySink,
     version: ProtocolVersion,
     first: ProposerMessage,
 ) -> Result<(), ClientError> {
+    let id = compute.conn();
     let budget = Arc::new(Semaphore::new(INPUT_BUDGET >> 10));
     let mut next = Some(first);
     loop {
@@ -183,7 +186,10 @@ async fn stream(
                 }
             }
         };
-        let cost = (message_len(&msg) >> 10).clamp(1, INPUT_BUDGET >> 10) as u32;
+        compute.observe(&msg);
+        let len = message_len(&msg);
+        ctx.metrics.wal_received_bytes.inc_by(len as u64);
+        let cost = (len >> 10).clamp(1, INPUT_BUDGET >> 10) as u32;
         let permit = tokio::select! {
             _ = tl.cancelled().cancelled() => {
                 sink.end_with(&ClientError::stream_end(&ctx.shutdown, tl));
@@ -235,6 +241,16 @@ async fn open_timeline(
         ));
     };
     let ttid = TenantTimelineId::new(g.tenant_id, g.timeline_id);
+    // Before anything touches the timeline (a vote for a huge term would wedge it).
+    session.check_access(&ttid)?;
+    tracing::info!(
+        %ttid,
+        pg_version = g.pg_version,
+        system_id = g.system_id,
+        generation = g.mconf.generation.0,
+        app = %session.app_name,
+        "proposer greeting"
+    );
     if let Some(named) = session.ttid
         && named != ttid
     {

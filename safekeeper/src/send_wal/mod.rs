@@ -16,14 +16,18 @@
 //! for a reply after a second without sending anything ([`sender`]). A second task reads
 //! the client's `r`/`h`/`z` replies into the timeline's feedback table ([`replies`]).
 //!
-//! Must never: send a byte above commit_lsn without a term, or buffer more than one chunk
-//! per stream. A slow client only slows its own stream: the sender flushes every frame
+//! Every chunk is checked before it goes out ([`verify`]): a record whose CRC (or page
+//! header) is damaged on disk is never sent; the stream ends with `XX001` instead.
+//!
+//! Must never: send a byte above commit_lsn without a term, send a damaged record, or
+//! buffer more than one chunk per stream. A slow client only slows its own stream: the sender flushes every frame
 //! before reading the next chunk, so it holds one chunk (≤ 128 KiB + header) and the
 //! socket buffers, and reads from disk at the client's pace; ingest never waits for it
 //! (the status watch is written without waiting for receivers).
 
 mod replies;
 mod sender;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +42,7 @@ use utils::Lsn;
 use crate::command::StartReplication;
 use crate::ctx::ServerCtx;
 use crate::errors::ClientError;
-use crate::session::{Conn, ConnReader, ConnWriter, Session};
+use crate::session::{Conn, ConnReader, ConnWriter, Session, error_response};
 use crate::timeline::{Timeline, TimelineStatus};
 use sender::Sender;
 
@@ -70,7 +74,7 @@ pub async fn run(
         Ok(tl) => tl,
         Err(e) => {
             tracing::info!(app = %session.app_name, "START_REPLICATION refused: {e}");
-            conn.write_be(&BeMessage::ErrorResponse(e.to_fields()));
+            conn.write_be(&error_response(&ctx.metrics, &e));
             return Ok(Some(conn));
         }
     };
@@ -120,9 +124,13 @@ pub async fn run(
             Ok(None)
         }
         Err(e) => {
-            tracing::info!(%ttid, app, end = %pos, "replication stream ended: {e}");
+            if matches!(e, ClientError::WalCorrupt { .. }) {
+                tracing::error!(%ttid, app, end = %pos, "replication stream ended: {e}");
+            } else {
+                tracing::info!(%ttid, app, end = %pos, "replication stream ended: {e}");
+            }
             // Bounded: a client that does not read must not hold the connection open.
-            writer.write_be(&BeMessage::ErrorResponse(e.to_fields()));
+            writer.write_be(&error_response(&ctx.metrics, &e));
             let _ = tokio::time::timeout(ERROR_FLUSH_TIMEOUT, writer.flush()).await;
             Ok(None)
         }

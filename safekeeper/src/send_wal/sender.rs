@@ -17,12 +17,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use utils::{Lsn, Term};
 
+use super::verify::{Verifier, WalCorruption};
 use super::{End, ReplyTask, check_start, chunk_len};
 use crate::command::StartReplication;
 use crate::errors::ClientError;
 use crate::session::{ConnReader, ConnWriter};
 use crate::timeline::{Timeline, TimelineStatus};
 use crate::wal_reader::WalReader;
+use utils::xlog::DecoderConfig;
 
 /// How long a stream may be idle before a keepalive asks for a reply.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,6 +84,8 @@ impl Sender<'_> {
         let mut status_rx = self.tl.subscribe();
         let seg_size = self.tl.seg_size();
         let mut reader = Some(WalReader::new(self.tl.dir().to_path_buf(), seg_size));
+        // Created at the first chunk, once the start is known.
+        let mut verifier: Option<Verifier> = None;
         let mut started = false;
         loop {
             // A client that sent CopyDone (pg_receivewal at --endpos) or left while we
@@ -115,12 +119,15 @@ impl Sender<'_> {
                 let r = reader
                     .take()
                     .expect("the reader is put back after every read");
-                let sent = self.send_chunk(r, &mut reader, n, end).await?;
-                self.pos = Lsn(self.pos.0 + sent as u64);
-                let pos = self.pos;
-                self.tl
-                    .feedback
-                    .update(self.reader_id, |f| f.sent_lsn = pos);
+                let s = st.server;
+                let v = verifier.take().unwrap_or_else(|| {
+                    Verifier::new(
+                        self.pos,
+                        DecoderConfig::new(s.pg_version, seg_size, s.system_id),
+                    )
+                });
+                self.send_chunk((r, v), (&mut reader, &mut verifier), n, end)
+                    .await?;
                 continue;
             }
             match self.wait(&mut status_rx, replies).await? {
@@ -141,26 +148,28 @@ impl Sender<'_> {
     }
 
     /// Reads `n` bytes at `pos` (from the page cache right here if they are there, else
-    /// on the read pool), straight from the reader's reused buffer into the connection's
-    /// write buffer, and sends them as one XLogData. Returns the number of WAL bytes sent.
+    /// on the read pool), checks them ([`Verifier`]; at the stream's first chunk the bytes
+    /// of its page before `pos` are read and checked too), and sends what passed as one
+    /// XLogData, straight from the reader's reused buffer into the connection's write
+    /// buffer. Damaged WAL ends the stream with `XX001` once the bytes before it are out.
     async fn send_chunk(
         &mut self,
-        mut r: WalReader,
-        slot: &mut Option<WalReader>,
+        (mut r, mut v): (WalReader, Verifier),
+        (slot, vslot): (&mut Option<WalReader>, &mut Option<Verifier>),
         n: usize,
         end: Lsn,
-    ) -> Result<usize, ClientError> {
+    ) -> Result<(), ClientError> {
+        let from = v.next();
+        let want = (self.pos.0 - from.0) as usize + n;
         // Commit mode, bytes in the page cache: read right here (committed WAL is never
         // cut, and the read cannot block).
         if self.term.is_none()
-            && let Some(data) = r.read_cached(self.pos, n)
+            && let Some(data) = r.read_cached(from, want)
         {
-            let sent = data.len();
-            write_xlog_data_frame(self.w.write_buf(), self.pos, end, pg_timestamp_now(), data);
+            let (sent, bad) = check_and_frame(&mut v, data, self.pos, end, self.w.write_buf());
             *slot = Some(r);
-            self.flush().await?;
-            self.last_sent = Instant::now();
-            return Ok(sent);
+            *vslot = Some(v);
+            return self.sent(sent, bad).await;
         }
         let mut fetched = false;
         loop {
@@ -170,14 +179,14 @@ impl Sender<'_> {
                 .tl
                 .read_pool()
                 .run(move || {
-                    let res = read_frame(&mut r, &tl, term, pos, n, end, &mut out);
-                    (r, out, res)
+                    let res = read_frame(&mut r, &mut v, &tl, term, pos, n, end, &mut out);
+                    (r, v, out, res)
                 })
                 .await;
-            let (back, out, res) = joined
+            let (back, vback, out, res) = joined
                 .map_err(|e| ClientError::Unexpected(format!("WAL reader task failed: {e}")))?;
             *self.w.write_buf() = out;
-            r = back;
+            (r, v) = (back, vback);
             // A segment removed here after offload: read it back from the archive, once.
             if let Err(ClientError::ReadWal { source, .. }) = &res
                 && source.kind() == std::io::ErrorKind::NotFound
@@ -189,10 +198,31 @@ impl Sender<'_> {
                 continue;
             }
             *slot = Some(r);
-            let sent = res?;
+            *vslot = Some(v);
+            let (sent, bad) = res?;
+            return self.sent(sent, bad).await;
+        }
+    }
+
+    /// After a chunk went into the write buffer: sends it, moves the stream on, and ends
+    /// the stream if the chunk stopped at damaged WAL.
+    async fn sent(&mut self, sent: usize, bad: Option<WalCorruption>) -> Result<(), ClientError> {
+        if sent > 0 {
             self.flush().await?;
             self.last_sent = Instant::now();
-            return Ok(sent);
+            self.pos = Lsn(self.pos.0 + sent as u64);
+            self.tl.metrics().wal_sent_bytes.inc_by(sent as u64);
+            let pos = self.pos;
+            self.tl
+                .feedback
+                .update(self.reader_id, |f| f.sent_lsn = pos);
+        }
+        match bad {
+            None => Ok(()),
+            Some(bad) => {
+                self.tl.metrics().wal_corruption_detected.inc();
+                Err(bad.into_client_error(self.tl.ttid))
+            }
         }
     }
 
@@ -291,28 +321,31 @@ fn term_changed(requested: Term, now: Term) -> ClientError {
     }
 }
 
-/// Reads one chunk (not crossing a segment) and appends it to `out` as an XLogData frame.
-/// In term mode with truncations held off, after checking the term; the reader's cached
-/// file is dropped first there, since an election in that term may have removed and
-/// recreated the segment. Blocking: runs on the read pool.
+/// Reads one chunk (not crossing a segment) from where the verifier is (at most a page
+/// before `pos`, at the stream's start) to `pos + n`, checks it and appends what passed
+/// from `pos` on to `out` as an XLogData frame (see [`check_and_frame`]). In term mode
+/// with truncations held off, after checking the term; the reader's cached file is
+/// dropped first there, since an election in that term may have removed and recreated
+/// the segment. Blocking: runs on the read pool.
+#[allow(clippy::too_many_arguments)]
 fn read_frame(
     r: &mut WalReader,
+    v: &mut Verifier,
     tl: &Timeline,
     term: Option<Term>,
     pos: Lsn,
     n: usize,
     end: Lsn,
     out: &mut BytesMut,
-) -> Result<usize, ClientError> {
+) -> Result<(usize, Option<WalCorruption>), ClientError> {
+    let from = v.next();
+    let want = (pos.0 - from.0) as usize + n;
     let mut read = |r: &mut WalReader| {
-        let data = r.read(pos, n).map_err(|source| ClientError::ReadWal {
+        let data = r.read(from, want).map_err(|source| ClientError::ReadWal {
             ttid: tl.ttid,
             source,
         })?;
-        // One copy, from the reused read buffer into the output buffer. (Reading straight
-        // into `out` would need the CopyData/XLogData header written outside pq_proto.)
-        write_xlog_data_frame(out, pos, end, pg_timestamp_now(), data);
-        Ok(data.len())
+        Ok(check_and_frame(v, data, pos, end, out))
     };
     match term {
         None => read(r),
@@ -323,4 +356,23 @@ fn read_frame(
                 .unwrap_or_else(|| Err(term_changed(t, tl.status().term)))
         }
     }
+}
+
+/// Checks `data` (WAL at the verifier's position, ending at `pos + n`) and frames the part
+/// from `pos` that passed: one copy, from the reused read buffer into the output buffer.
+/// Returns the WAL bytes framed and the damage that stopped it, if any.
+fn check_and_frame(
+    v: &mut Verifier,
+    data: &[u8],
+    pos: Lsn,
+    end: Lsn,
+    out: &mut BytesMut,
+) -> (usize, Option<WalCorruption>) {
+    let skip = (pos.0 - v.next().0) as usize;
+    let (good, bad) = v.check(data);
+    let k = good.saturating_sub(skip);
+    if k > 0 {
+        write_xlog_data_frame(out, pos, end, pg_timestamp_now(), &data[skip..skip + k]);
+    }
+    (k, bad)
 }

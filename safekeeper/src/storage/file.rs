@@ -17,14 +17,18 @@ use utils::{Lsn, SegNo, TenantTimelineId};
 use super::{PendingFlush, Storage, StorageHook, StorageOp};
 use crate::control_file::{self, ControlFileError};
 use crate::durability::SyncMode;
+use crate::metrics::WalIoMetrics;
 use crate::state::TimelineState;
-use crate::wal_storage::{SegmentEnv, WalStorage, WriteOutcome, open_segment_for_read};
+use crate::wal_storage::{
+    SegmentEnv, WalStorage, WriteOutcome, open_segment_for_read, sync_segment,
+};
 
 /// The files of one timeline.
 pub struct FileStorage {
     ttid: TenantTimelineId,
     dir: PathBuf,
     sync: SyncMode,
+    io: WalIoMetrics,
     wal: WalStorage,
     hook: Option<Arc<dyn StorageHook>>,
     /// The segment the end-of-WAL scan reads.
@@ -61,6 +65,7 @@ impl FlushSlot {
 pub struct FileFlush {
     file: Option<(Arc<File>, PathBuf)>,
     sync: SyncMode,
+    io: WalIoMetrics,
     hook: Option<(Arc<dyn StorageHook>, TenantTimelineId)>,
     slot: Arc<FlushSlot>,
 }
@@ -75,7 +80,7 @@ impl PendingFlush for FileFlush {
             && let Some((file, path)) = &self.file
         {
             // A failure ends the process (see `durability`): nothing to report.
-            self.sync.fdatasync(file, path);
+            sync_segment(self.sync, &self.io, file, path);
         }
         self.slot.finish(r);
     }
@@ -105,6 +110,7 @@ impl FileStorage {
             ttid,
             dir: dir.to_path_buf(),
             sync: env.sync,
+            io: env.io.clone(),
             wal: WalStorage::open(dir, seg_size, Lsn::INVALID, env),
             hook,
             scan: None,
@@ -188,6 +194,7 @@ impl Storage for FileStorage {
         Ok(FileFlush {
             file,
             sync: self.sync,
+            io: self.io.clone(),
             hook: self.hook.clone().map(|h| (h, self.ttid)),
             slot,
         })

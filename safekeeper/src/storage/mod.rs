@@ -17,7 +17,7 @@ use std::io;
 
 use bytes::Bytes;
 use utils::Lsn;
-use utils::xlog::{DecoderConfig, RecordEnds};
+use utils::xlog::{DecodeError, DecoderConfig, RecordEnds};
 
 pub use file::{FileFlush, FileStorage};
 pub use hook::{StorageHook, StorageOp};
@@ -78,27 +78,83 @@ pub trait PendingFlush: Send + 'static {
     fn run(self);
 }
 
+/// Why the end-of-WAL scan stopped (the restart path judges it against the watermark).
+#[derive(Debug)]
+pub enum ScanStop {
+    /// No more WAL: a missing or short segment.
+    NoMoreWal,
+    /// The next record does not decode and its segment holds only zeroes from the end
+    /// found onward: space never written (how WAL normally ends).
+    Zeroes(DecodeError),
+    /// The next record does not decode and non-zero bytes follow the end found: a record
+    /// torn by a crash, or damaged.
+    Damaged(DecodeError),
+}
+
+/// Where valid WAL ends, and why the scan stopped there.
+#[derive(Debug)]
+pub struct WalEnd {
+    /// The end of the last complete, CRC-checked record.
+    pub end: Lsn,
+    /// Why nothing valid follows.
+    pub stop: ScanStop,
+}
+
 /// Finds the end of valid WAL by decoding forward from `start` (a record boundary at or
 /// below the end, normally the persisted commit_lsn): the end of the last complete record
 /// whose CRC matches. Stops where there is no more WAL or at the first record that does
-/// not decode (zeroed space fails with "invalid record length").
+/// not decode, and then tells zeroed space (never written) from anything else by reading
+/// the rest of the end's segment. Logs nothing: the caller knows what the end means.
 pub fn find_end_of_wal<S: Storage + ?Sized>(
     storage: &mut S,
     start: Lsn,
     cfg: DecoderConfig,
-) -> io::Result<Lsn> {
+) -> io::Result<WalEnd> {
     let mut ends = RecordEnds::new(start, cfg);
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = vec![0u8; SCAN_CHUNK];
     let mut pos = start;
     loop {
         let n = storage.read_wal(pos, &mut buf)?;
         if n == 0 {
-            return Ok(ends.end());
+            return Ok(WalEnd {
+                end: ends.end(),
+                stop: ScanStop::NoMoreWal,
+            });
         }
         if let Err(e) = ends.feed(&buf[..n]) {
-            tracing::info!("end of WAL at {}: {e}", ends.end());
-            return Ok(ends.end());
+            let end = ends.end();
+            let stop = if zeroes_from(storage, end, cfg.wal_seg_size, &mut buf)? {
+                ScanStop::Zeroes(e)
+            } else {
+                ScanStop::Damaged(e)
+            };
+            return Ok(WalEnd { end, stop });
         }
         pos = Lsn(pos.0 + n as u64);
     }
+}
+
+/// How much the end-of-WAL scan reads at once.
+const SCAN_CHUNK: usize = 256 * 1024;
+
+/// True if the WAL from `from` to the end of its segment (or of the WAL) is all zeroes.
+fn zeroes_from<S: Storage + ?Sized>(
+    storage: &mut S,
+    from: Lsn,
+    seg_size: u32,
+    buf: &mut [u8],
+) -> io::Result<bool> {
+    let seg_end = Lsn(from.0 + from.remaining_in_segment(seg_size));
+    let mut pos = from;
+    while pos < seg_end {
+        let n = storage.read_wal(pos, buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos = Lsn(pos.0 + n as u64);
+    }
+    Ok(true)
 }

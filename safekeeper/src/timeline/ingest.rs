@@ -18,11 +18,11 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pq_proto::proposer::{AcceptorMessage, ProposerMessage};
+use pq_proto::proposer::{AcceptorMessage, Configuration, ProposerMessage};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Core, Timeline};
-use crate::acceptor::Progress;
+use crate::acceptor::{MembershipSwitch, Progress};
 use crate::ingest::{ConnId, Sent, TimelineError};
 use crate::storage::{FileFlush, PendingFlush};
 
@@ -80,6 +80,21 @@ pub enum Input {
     Checkpoint,
     /// The flush begun by the loop has run: its connections can be answered.
     FlushDone,
+    /// Switch the membership configuration (the API); `done` gets the outcome once it is
+    /// durable.
+    Membership {
+        /// The configuration asked for.
+        to: Configuration,
+        /// The outcome.
+        done: oneshot::Sender<Result<MembershipSwitch, TimelineError>>,
+    },
+    /// Raise the term (the API); `done` gets the outcome once it is durable.
+    TermBump {
+        /// The term asked for (`None`: one above the current one).
+        to: Option<utils::Term>,
+        /// The outcome.
+        done: oneshot::Sender<Result<crate::acceptor::TermBump, TimelineError>>,
+    },
 }
 
 impl Timeline {
@@ -99,6 +114,30 @@ impl Timeline {
         drop(inbox);
         self.schedule();
         Ok(())
+    }
+
+    /// Switches the membership configuration through the ingest loop (see
+    /// [`crate::acceptor::Acceptor::switch_membership`]); returns once a switch is durable.
+    pub async fn switch_membership(
+        self: &Arc<Self>,
+        to: Configuration,
+    ) -> Result<MembershipSwitch, TimelineError> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Input::Membership { to, done })?;
+        rx.await
+            .unwrap_or(Err(TimelineError::ShuttingDown(self.ttid)))
+    }
+
+    /// Raises the term through the ingest loop (see
+    /// [`crate::acceptor::Acceptor::bump_term`]); returns once a raise is durable.
+    pub async fn bump_term(
+        self: &Arc<Self>,
+        to: Option<utils::Term>,
+    ) -> Result<crate::acceptor::TermBump, TimelineError> {
+        let (done, rx) = oneshot::channel();
+        self.submit(Input::TermBump { to, done })?;
+        rx.await
+            .unwrap_or(Err(TimelineError::ShuttingDown(self.ttid)))
     }
 
     /// Queues the loop on the WAL pool; it counts as a task of the timeline.
@@ -246,8 +285,11 @@ impl Timeline {
         let bytes = core.exec.unflushed();
         let flush = core.exec.start_flush()?;
         if flush.is_some() {
-            self.ctx.metrics.ingest_flushes.inc();
-            self.ctx.metrics.ingest_flush_bytes.observe(bytes as f64);
+            let m = &self.ctx.metrics;
+            m.ingest_flushes.inc();
+            m.ingest_flush_bytes.observe(bytes as f64);
+            m.ingest_flush_appends
+                .observe(std::mem::take(&mut core.appends) as f64);
         }
         Ok(flush)
     }
@@ -263,6 +305,8 @@ impl Timeline {
         m.ingest_flushes.inc();
         m.ingest_flush_seconds.observe(t.elapsed().as_secs_f64());
         m.ingest_flush_bytes.observe(bytes as f64);
+        m.ingest_flush_appends
+            .observe(std::mem::take(&mut core.appends) as f64);
         r
     }
 
@@ -278,6 +322,9 @@ impl Timeline {
                 // A ProposerElected may cut or replace WAL: term-mode readers must not
                 // read while it does, nor before its status (the new end) is published.
                 let elected = matches!(msg, ProposerMessage::Elected(_));
+                if matches!(msg, ProposerMessage::AppendRequest(_)) {
+                    core.appends += 1;
+                }
                 let _cut = elected.then(|| self.cut.write().unwrap_or_else(|p| p.into_inner()));
                 let r = core.exec.propose(conn, msg);
                 drop(permit);
@@ -309,6 +356,32 @@ impl Timeline {
                 let r = core.exec.finish_flush();
                 self.deliver(core, r, None);
             }
+            Input::Membership { to, done } => match core.exec.switch_membership(to) {
+                Ok((sent, switch)) => {
+                    self.deliver(core, Ok(sent), None);
+                    let _ = done.send(Ok(switch));
+                }
+                Err(TimelineError::Acceptor(e)) => {
+                    let _ = done.send(Err(TimelineError::Acceptor(e)));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(TimelineError::Broken(self.ttid)));
+                    self.deliver(core, Err(e), None);
+                }
+            },
+            Input::TermBump { to, done } => match core.exec.bump_term(to) {
+                Ok((sent, bump)) => {
+                    self.deliver(core, Ok(sent), None);
+                    let _ = done.send(Ok(bump));
+                }
+                Err(TimelineError::Acceptor(e)) => {
+                    let _ = done.send(Err(TimelineError::Acceptor(e)));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(TimelineError::Broken(self.ttid)));
+                    self.deliver(core, Err(e), None);
+                }
+            },
         }
     }
 
@@ -349,6 +422,9 @@ impl Timeline {
         for (_, to) in core.reply_to.drain() {
             to.refuse(TimelineError::Broken(self.ttid));
         }
+        // Broken first, then cancelled: a stream that ends on the cancellation reads the
+        // status to say why (57P03 for a broken timeline, not 57P01 "shutting down").
+        self.publish(core);
         self.cancel.cancel();
     }
 

@@ -16,7 +16,9 @@
 
 mod ingest;
 mod peers;
+mod proposers;
 mod reads;
+mod recovery;
 pub mod status;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +35,8 @@ use utils::{NodeId, TenantTimelineId};
 
 pub use ingest::{Input, ReplyTo};
 pub use peers::{PEER_STATUS_APP, PeerBoard, PeerPosition};
+pub use proposers::{ProposerInfo, ProposerPhase};
+pub use recovery::{Donor, Local, RECOVERY_APP, RecoveryError, choose_donor};
 pub use status::TimelineStatus;
 
 use crate::disk_pool::DiskPool;
@@ -51,6 +55,8 @@ struct Core {
     exec: Executor<FileStorage>,
     /// Where each proposer connection's replies go.
     reply_to: HashMap<ConnId, Arc<dyn ReplyTo>>,
+    /// AppendRequests stepped since the last flush began (for the metrics).
+    appends: u64,
 }
 
 /// Inputs waiting for the ingest loop.
@@ -76,6 +82,11 @@ pub struct TimelineCtx {
     pub metrics: Arc<Metrics>,
     /// WAL offload to remote storage (`None`: not configured; WAL is then never removed).
     pub offload: Option<Arc<Offload>>,
+    /// The password (a JWT) sent to peers asked for their positions (`None`: none).
+    pub peer_token: Option<Arc<str>>,
+    /// Fetch WAL this member lacks from a peer in the same term when no proposer
+    /// streams to it (`recovery`); needs the peers' status (`peer_status_interval`).
+    pub peer_recovery: bool,
 }
 
 /// One timeline in memory.
@@ -97,11 +108,15 @@ pub struct Timeline {
     /// Feedback of the timeline's readers (replicas, pageservers).
     pub feedback: Feedback,
     computes: AtomicUsize,
+    /// The proposer connections, for the status API.
+    proposers: proposers::Proposers,
     next_conn: AtomicU64,
     /// What the peers said in the last status round.
     peers: Mutex<PeerBoard>,
     /// What the offload task shows.
     offload_state: Mutex<OffloadState>,
+    /// The running recovery from a peer (cancelled: none runs).
+    recovery: Mutex<Option<CancellationToken>>,
 }
 
 impl Timeline {
@@ -125,6 +140,7 @@ impl Timeline {
             core: Mutex::new(Core {
                 exec,
                 reply_to: HashMap::new(),
+                appends: 0,
             }),
             inbox: Mutex::new(Inbox::default()),
             status,
@@ -133,9 +149,11 @@ impl Timeline {
             tasks: TaskTracker::new(),
             feedback: Feedback::default(),
             computes: AtomicUsize::new(0),
+            proposers: proposers::Proposers::default(),
             next_conn: AtomicU64::new(1),
             peers: Mutex::new(PeerBoard::default()),
             offload_state: Mutex::new(OffloadState::default()),
+            recovery: Mutex::new(None),
         });
         tl.start_checkpoints();
         tl.start_peer_status(tl.ctx.peer_status_interval);
@@ -143,6 +161,11 @@ impl Timeline {
             crate::offload::task::start(&tl, off);
         }
         tl
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
     }
 
     /// The timeline's directory.
@@ -241,10 +264,23 @@ impl Timeline {
         self.computes.load(Ordering::Relaxed)
     }
 
-    /// Counts a proposer connection for as long as the guard lives.
-    pub fn compute_guard(self: &Arc<Self>) -> ComputeGuard {
+    /// Counts (and lists, see [`Timeline::proposers`]) proposer connection `conn` for as
+    /// long as the guard lives.
+    pub fn compute_guard(self: &Arc<Self>, conn: ConnId, app_name: &str) -> ComputeGuard {
         self.computes.fetch_add(1, Ordering::Relaxed);
-        ComputeGuard(self.clone())
+        // The proposer's path wins: a recovery from a peer ends before its first input.
+        self.stop_recovery();
+        self.proposers.add(conn, app_name);
+        ComputeGuard {
+            tl: self.clone(),
+            conn,
+            phase: ProposerPhase::Greeted,
+        }
+    }
+
+    /// The live proposer connections.
+    pub fn proposers(&self) -> Vec<ProposerInfo> {
+        self.proposers.list()
     }
 
     /// Ends the timeline: cancels its streams, waits for them and for its ingest loop,
@@ -305,11 +341,28 @@ impl Timeline {
     }
 }
 
-/// Decrements the compute count when dropped.
-pub struct ComputeGuard(Arc<Timeline>);
+/// A proposer connection of a timeline: counted and listed until dropped.
+pub struct ComputeGuard {
+    tl: Arc<Timeline>,
+    conn: ConnId,
+    phase: ProposerPhase,
+}
+
+impl ComputeGuard {
+    /// The connection's id.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Notes the protocol phase `msg` puts the connection in (for the status API).
+    pub fn observe(&mut self, msg: &pq_proto::proposer::ProposerMessage) {
+        self.tl.proposers.observe(self.conn, &mut self.phase, msg);
+    }
+}
 
 impl Drop for ComputeGuard {
     fn drop(&mut self) {
-        self.0.computes.fetch_sub(1, Ordering::Relaxed);
+        self.tl.computes.fetch_sub(1, Ordering::Relaxed);
+        self.tl.proposers.remove(self.conn);
     }
 }

@@ -12,6 +12,9 @@
 //! round report no horizon (it must not pass WAL a silent peer may need), and is left off
 //! the board until it answers again.
 //!
+//! With `--auth-token-file` / `SAFEKEEPER_AUTH_TOKEN` the question carries that token as
+//! its password (peers with `--pg-auth-public-key-path` ask for one).
+//!
 //! Owns: the polling task of a timeline and its board. Must never: report a position above
 //! what some member holds, or outlive its timeline (it is one of the timeline's tasks).
 
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use pq_client::{Conninfo, PgError};
 use pq_proto::proposer::SafekeeperId;
-use utils::{Lsn, NodeId, TenantTimelineId};
+use utils::{Lsn, NodeId, TenantTimelineId, Term};
 
 use super::{Input, Timeline};
 use crate::acceptor::Progress;
@@ -40,6 +43,10 @@ pub struct PeerPosition {
     pub flush_lsn: Lsn,
     /// Its commit position.
     pub commit_lsn: Lsn,
+    /// The term it voted in last.
+    pub term: Term,
+    /// The term of its last WAL (the last entry of its term history).
+    pub last_log_term: Term,
     /// How far it knows WAL to be offloaded.
     pub backup_lsn: Lsn,
 }
@@ -75,6 +82,7 @@ impl Timeline {
         let weak = Arc::downgrade(self);
         let cancel = self.cancel.clone();
         let me = self.ctx.node_id;
+        let token = self.ctx.peer_token.clone();
         self.tasks.spawn_on(
             async move {
                 let mut tick = tokio::time::interval(interval);
@@ -101,7 +109,7 @@ impl Timeline {
                     drop(tl);
                     let answers = tokio::select! {
                         _ = cancel.cancelled() => return,
-                        a = ask_all(ttid, &peers) => a,
+                        a = ask_all(ttid, &peers, token.clone()) => a,
                     };
                     let Some(tl) = weak.upgrade() else { return };
                     let mut board = PeerBoard {
@@ -126,6 +134,7 @@ impl Timeline {
                             }
                         }
                     }
+                    tl.maybe_recover(&board.answered);
                     *tl.peers.lock().unwrap_or_else(|p| p.into_inner()) = board;
                     if let Some(h) = horizon {
                         let _ = tl.submit(Input::Progress(Progress::PeerHorizon(h)));
@@ -141,12 +150,15 @@ impl Timeline {
 async fn ask_all(
     ttid: TenantTimelineId,
     peers: &[SafekeeperId],
+    token: Option<Arc<str>>,
 ) -> Vec<Result<Option<PeerPosition>, String>> {
     let mut set = tokio::task::JoinSet::new();
     for (i, p) in peers.iter().enumerate() {
         let p = p.clone();
+        let token = token.clone();
         set.spawn(async move {
-            let r = match tokio::time::timeout(PEER_TIMEOUT, peer_position(ttid, &p)).await {
+            let ask = peer_position(ttid, &p, token.as_deref());
+            let r = match tokio::time::timeout(PEER_TIMEOUT, ask).await {
                 Err(_) => Err(format!("no answer in {PEER_TIMEOUT:?}")),
                 Ok(r) => r.map_err(|e| e.to_string()),
             };
@@ -167,25 +179,38 @@ async fn ask_all(
 async fn peer_position(
     ttid: TenantTimelineId,
     p: &SafekeeperId,
+    token: Option<&str>,
 ) -> Result<Option<PeerPosition>, PgError> {
     let addr = format!("{}:{}", p.host, p.pg_port);
     let mut ci = Conninfo::for_timeline(&addr, ttid.tenant_id, ttid.timeline_id, PEER_STATUS_APP);
     ci.set("replication", "true");
+    if let Some(t) = token {
+        // Sent only if the peer asks for a password.
+        ci.set("password", t);
+    }
     let mut conn = pq_client::connect(&ci).await?;
     let rows = pq_client::simple_query(&mut conn, "TIMELINE_STATUS").await?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };
-    // Columns: flush_lsn, commit_lsn, …, backup_lsn (9).
+    // Columns: flush_lsn, commit_lsn, term, last_log_term, …, backup_lsn (9).
     let lsn = |i: usize| -> Result<Lsn, PgError> {
         let cell = row.get(i).cloned().flatten().unwrap_or_default();
         cell.parse()
+            .map_err(|e| PgError::Unexpected(format!("TIMELINE_STATUS column {i} {cell:?}: {e}")))
+    };
+    let term = |i: usize| -> Result<Term, PgError> {
+        let cell = row.get(i).cloned().flatten().unwrap_or_default();
+        cell.parse::<u64>()
+            .map(Term)
             .map_err(|e| PgError::Unexpected(format!("TIMELINE_STATUS column {i} {cell:?}: {e}")))
     };
     Ok(Some(PeerPosition {
         id: p.id,
         flush_lsn: lsn(0)?,
         commit_lsn: lsn(1)?,
+        term: term(2)?,
+        last_log_term: term(3)?,
         backup_lsn: lsn(9)?,
     }))
 }

@@ -84,16 +84,27 @@ pub fn list(datadir: &Path) -> io::Result<Vec<TenantTimelineId>> {
     Ok(out)
 }
 
-/// Builds the timeline directory in `tmp/` with its control file and renames it into
+/// Builds the timeline directory in `tmp/` — first whatever `fill` puts there (the WAL a
+/// timeline created through the API starts with, made durable by `fill`), then the control
+/// file (whose persist fsyncs the directory, so every entry in it) — and renames it into
 /// place durably.
-pub fn create(datadir: &Path, state: &TimelineState, sync: SyncMode) -> io::Result<()> {
+pub fn create(
+    datadir: &Path,
+    state: &TimelineState,
+    sync: SyncMode,
+    fill: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
     let ttid = state.ttid;
     let tmp = tmp_path(datadir, &ttid, "new");
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
     fs::create_dir_all(&tmp)?;
-    control_file::persist(&tmp, state, sync)?;
+    if let Err(e) = fill(&tmp).and_then(|()| control_file::persist(&tmp, state, sync)) {
+        // Nothing half-made stays behind (after a crash, `clean_tmp` does this at start).
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let tenant_dir = datadir.join(ttid.tenant_id.to_string());
     if !tenant_dir.exists() {
         fs::create_dir_all(&tenant_dir)?;
@@ -125,6 +136,19 @@ pub fn remove(datadir: &Path, ttid: &TenantTimelineId, sync: SyncMode) -> io::Re
     fs::remove_dir_all(&doomed)
 }
 
+/// Removes a tenant's directory if it is empty (after its last timeline was deleted),
+/// durably (the data directory is fsynced). A missing or non-empty directory (a timeline
+/// created meanwhile) is left alone: not an error.
+pub fn remove_tenant_if_empty(datadir: &Path, tenant: &TenantId, sync: SyncMode) -> io::Result<()> {
+    let dir = datadir.join(tenant.to_string());
+    match fs::remove_dir(&dir) {
+        Ok(()) => sync.fsync_dir(datadir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +160,7 @@ mod tests {
         clean_tmp(d.path()).unwrap();
         let ttid = TenantTimelineId::new(TenantId([3; 16]), TimelineId([4; 16]));
         let state = TimelineState::new(ttid, ServerInfo::default());
-        create(d.path(), &state, SyncMode::NoSync).unwrap();
+        create(d.path(), &state, SyncMode::NoSync, |_| Ok(())).unwrap();
         std::fs::create_dir_all(d.path().join("not-a-tenant")).unwrap();
         assert_eq!(list(d.path()).unwrap(), vec![ttid]);
         assert_eq!(
@@ -147,5 +171,8 @@ mod tests {
         assert_eq!(list(d.path()).unwrap(), vec![]);
         remove(d.path(), &ttid, SyncMode::NoSync).unwrap();
         assert_eq!(fs::read_dir(d.path().join(TMP_DIR)).unwrap().count(), 0);
+        remove_tenant_if_empty(d.path(), &ttid.tenant_id, SyncMode::NoSync).unwrap();
+        assert!(!d.path().join(ttid.tenant_id.to_string()).exists());
+        remove_tenant_if_empty(d.path(), &ttid.tenant_id, SyncMode::NoSync).unwrap();
     }
 }

@@ -17,8 +17,9 @@
 
 pub mod layout;
 mod open;
+mod stats;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,12 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use utils::{NodeId, TenantTimelineId};
+use utils::{NodeId, TenantId, TenantTimelineId, TimelineId};
 
 use crate::durability::SyncMode;
 use crate::ingest::OpenError;
 use crate::metrics::LoadReason;
-use crate::state::ServerInfo;
+use crate::state::{ServerInfo, TimelineState};
 use crate::storage::StorageHook;
 use crate::timeline::{Timeline, TimelineCtx};
 use crate::wal_storage::OpenSegments;
@@ -59,9 +60,20 @@ pub enum RegistryError {
         /// The error.
         source: Arc<std::io::Error>,
     },
+    /// Removing a tenant's (empty) directory failed.
+    #[error("could not remove the directory of tenant {tenant}: {source}")]
+    TenantIo {
+        /// The tenant.
+        tenant: TenantId,
+        /// The error.
+        source: Arc<std::io::Error>,
+    },
     /// The server is shutting down.
     #[error("the safekeeper is shutting down")]
     ShuttingDown,
+    /// A timeline of that id exists already (or is being created or deleted).
+    #[error("timeline {0} already exists on this safekeeper")]
+    Exists(TenantTimelineId),
 }
 
 /// How a transition ended, for those waiting on it.
@@ -105,6 +117,20 @@ pub struct Timelines {
     /// Transitions in progress.
     tasks: TaskTracker,
 }
+
+/// How a timeline being created gets its first state.
+enum Make {
+    /// From a proposer's greeting: no term, no WAL.
+    Greeting(ServerInfo),
+    /// From the API: a full initial state, WAL starting at its `local_start_lsn`.
+    Initialized(Box<TimelineState>),
+    /// Copied from a peer: the state and what writes its WAL into the new directory.
+    Pulled(Box<TimelineState>, Fill),
+}
+
+/// Writes a timeline's files into its directory under construction (in `tmp/`), durably,
+/// and checks them; an error leaves nothing behind. Runs on a WAL-pool thread.
+pub type Fill = Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>;
 
 /// What a caller does after looking at an entry.
 enum Next {
@@ -194,7 +220,7 @@ impl Timelines {
                         None => Next::Done(Err(RegistryError::NotFound(ttid))),
                         Some(server) => {
                             let rx = self.transition(&mut map, ttid, Entry::Creating, |me, tx| {
-                                me.create(ttid, server, tx)
+                                me.create(ttid, Make::Greeting(server), tx)
                             });
                             Next::Wait(rx)
                         }
@@ -282,14 +308,18 @@ impl Timelines {
     async fn create(
         self: Arc<Self>,
         ttid: TenantTimelineId,
-        server: ServerInfo,
+        make: Make,
         tx: watch::Sender<Settled>,
     ) {
         let me = self.clone();
         let made = self
             .ctx
             .wal_pool
-            .run(move || me.create_executor(ttid, server))
+            .run(move || match make {
+                Make::Greeting(server) => me.create_executor(ttid, server).map_err(OpenError::Io),
+                Make::Initialized(state) => me.init_executor(*state),
+                Make::Pulled(state, fill) => me.pulled_executor(*state, fill),
+            })
             .await;
         let result = match made {
             Ok(Ok(exec)) => {
@@ -302,6 +332,10 @@ impl Timelines {
             Ok(Err(source)) => {
                 tracing::error!(%ttid, "could not create timeline: {source}");
                 self.lock().remove(&ttid);
+                let source = match source {
+                    OpenError::Io(e) => e,
+                    other => std::io::Error::other(other.to_string()),
+                };
                 Err(RegistryError::Io {
                     ttid,
                     source: Arc::new(source),
@@ -313,6 +347,100 @@ impl Timelines {
             }
         };
         let _ = tx.send(Some(result));
+    }
+
+    /// Creates a timeline from a full initial state (the API's create: membership
+    /// configuration, server, and WAL starting at `state.local_start_lsn`), durably, if no
+    /// timeline of that id exists. Returns the timeline and whether this call created it
+    /// (`false`: it existed already; the caller compares it with what it asked for).
+    pub async fn create_with_state(
+        self: &Arc<Self>,
+        state: TimelineState,
+    ) -> Result<(Arc<Timeline>, bool), RegistryError> {
+        let ttid = state.ttid;
+        loop {
+            let rx = {
+                let mut map = self.lock();
+                if map.contains_key(&ttid) {
+                    None
+                } else {
+                    let make = Make::Initialized(Box::new(state.clone()));
+                    Some(
+                        self.transition(&mut map, ttid, Entry::Creating, move |me, tx| {
+                            me.create(ttid, make, tx)
+                        }),
+                    )
+                }
+            };
+            let ours = rx.is_some();
+            if let Some(rx) = rx
+                && let Some(Err(e)) = settled(rx).await
+            {
+                return Err(e);
+            }
+            match self.get(&ttid).await {
+                Ok(tl) => return Ok((tl, ours)),
+                // Deleted meanwhile: try again.
+                Err(RegistryError::NotFound(_)) if !ours => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates a timeline copied from a peer (`pull_timeline`): `fill` writes and checks
+    /// its WAL in `tmp/`, the control file holding `state` is written beside it, and the
+    /// directory is renamed into place and opened by the restart path (see
+    /// [`layout::create`]). [`RegistryError::Exists`] if a timeline of that id exists or
+    /// is being created or deleted; a failed `fill` leaves nothing behind.
+    pub async fn create_pulled(
+        self: &Arc<Self>,
+        state: TimelineState,
+        fill: Fill,
+    ) -> Result<Arc<Timeline>, RegistryError> {
+        let ttid = state.ttid;
+        let rx = {
+            let mut map = self.lock();
+            if map.contains_key(&ttid) {
+                return Err(RegistryError::Exists(ttid));
+            }
+            let make = Make::Pulled(Box::new(state), fill);
+            self.transition(&mut map, ttid, Entry::Creating, move |me, tx| {
+                me.create(ttid, make, tx)
+            })
+        };
+        if let Some(Err(e)) = settled(rx).await {
+            return Err(e);
+        }
+        self.get(&ttid).await
+    }
+
+    /// True if a timeline of that id is known here (in any state).
+    pub fn contains(&self, ttid: &TenantTimelineId) -> bool {
+        self.lock().contains_key(ttid)
+    }
+
+    /// Deletes every timeline of `tenant` (as [`Timelines::delete`]), then its directory
+    /// if it is left empty. Returns each timeline and whether it existed.
+    pub async fn delete_tenant(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+    ) -> Result<BTreeMap<TimelineId, bool>, RegistryError> {
+        let mut out = BTreeMap::new();
+        for ttid in self.list().into_iter().filter(|t| t.tenant_id == *tenant) {
+            out.insert(ttid.timeline_id, self.delete(&ttid).await?);
+        }
+        let (datadir, sync, tenant) = (self.conf.datadir.clone(), self.conf.sync, *tenant);
+        let removed = self
+            .ctx
+            .wal_pool
+            .run(move || layout::remove_tenant_if_empty(&datadir, &tenant, sync))
+            .await
+            .map_err(|_| RegistryError::ShuttingDown)?;
+        removed.map_err(|e| RegistryError::TenantIo {
+            tenant,
+            source: Arc::new(e),
+        })?;
+        Ok(out)
     }
 
     /// Deletes a timeline: its streams end, its files are removed durably. `false` if it

@@ -1,13 +1,27 @@
 //! The two system calls of segment files that std does not wrap: `pwritev` of batched
-//! appends, and the creation of a segment (full size, fsynced with its directory).
+//! appends, and the creation of a segment (full size, fsynced with its directory); and the
+//! timed fdatasync of a segment.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::durability::SyncMode;
+use crate::metrics::WalIoMetrics;
+
+/// fdatasync of a WAL segment, its duration recorded when the sync is real (a skipped one,
+/// under `--no-sync`, is not observed).
+pub(crate) fn sync_segment(sync: SyncMode, io: &WalIoMetrics, file: &File, path: &Path) {
+    if sync == SyncMode::NoSync {
+        return;
+    }
+    let started = Instant::now();
+    sync.fdatasync(file, path);
+    io.synced(started);
+}
 
 /// Writes every byte of `parts` at `offset` (pwritev, continuing after short writes).
 pub(super) fn pwritev_all(file: &File, parts: &[Bytes], mut offset: u64) -> io::Result<()> {

@@ -27,6 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use utils::xlog;
@@ -40,12 +41,14 @@ mod prepare;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use io_util::sync_segment;
 use io_util::{create_segment, pwritev_all};
 use prepare::Preparing;
 
 pub use budget::OpenSegments;
 
 use crate::disk_pool::DiskPool;
+use crate::metrics::WalIoMetrics;
 
 /// Appends are written out once this many bytes are batched (or earlier: a flush, a
 /// segment end).
@@ -85,6 +88,8 @@ pub struct SegmentEnv {
     pub pool: Option<DiskPool>,
     /// The budget of open segment files (`None`: unlimited).
     pub budget: Option<OpenSegments>,
+    /// Where writes and fdatasyncs are measured.
+    pub io: WalIoMetrics,
 }
 
 impl SegmentEnv {
@@ -94,6 +99,7 @@ impl SegmentEnv {
             sync,
             pool: None,
             budget: None,
+            io: WalIoMetrics::detached(),
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct WalStorage {
     /// A segment written since its last fdatasync whose file was closed for the budget:
     /// the next flush (or the next write into it) syncs it.
     unsynced: Option<SegNo>,
+    /// Where writes and fdatasyncs are measured.
+    io: WalIoMetrics,
 }
 
 /// What a write did besides writing.
@@ -147,6 +155,7 @@ impl WalStorage {
             pool: env.pool,
             budget: env.budget,
             unsynced: None,
+            io: env.io,
         }
     }
 
@@ -265,8 +274,10 @@ impl WalStorage {
         }
         let batch = std::mem::take(&mut self.batch);
         let seg = self.segment_for_write(batch.segno)?;
+        let started = Instant::now();
         pwritev_all(&seg.file, &batch.parts, batch.offset)?;
         seg.dirty = true;
+        self.io.wrote(batch.len, started);
         // Keep the vector's allocation for the next batch.
         let mut parts = batch.parts;
         parts.clear();
@@ -276,9 +287,9 @@ impl WalStorage {
 
     /// Makes everything written durable.
     pub fn flush(&mut self) -> io::Result<()> {
-        let sync = self.sync;
+        let (sync, io) = (self.sync, self.io.clone());
         if let Some(seg) = self.write_out()? {
-            sync.fdatasync(&seg.file, &seg.path);
+            sync_segment(sync, &io, &seg.file, &seg.path);
         }
         Ok(())
     }
@@ -385,7 +396,7 @@ impl WalStorage {
             if let Some(seg) = self.current.as_mut()
                 && seg.dirty
             {
-                self.sync.fdatasync(&seg.file, &seg.path);
+                sync_segment(self.sync, &self.io, &seg.file, &seg.path);
             }
             self.current = None;
         }
@@ -403,7 +414,7 @@ impl WalStorage {
                     // Another segment's unsynced bytes (cannot happen: a segment is
                     // synced when it completes); sync it before moving on, to be sure.
                     let other = self.open_segment(unsynced)?;
-                    self.sync.fdatasync(&other.file, &other.path);
+                    sync_segment(self.sync, &self.io, &other.file, &other.path);
                 }
             }
             self.current = Some(seg);
@@ -464,7 +475,7 @@ impl WalStorage {
     /// fdatasync the full current segment and give it its final name.
     fn complete_segment(&mut self) -> io::Result<()> {
         if let Some(seg) = self.current.take() {
-            self.sync.fdatasync(&seg.file, &seg.path);
+            sync_segment(self.sync, &self.io, &seg.file, &seg.path);
             let full = self.segment_path(seg.segno);
             fs::rename(&seg.path, &full)?;
             // The rename's durability is not needed for correctness (readers and the

@@ -94,6 +94,7 @@ fn the_next_segment_is_prepared_and_truncation_removes_it() {
             sync: SyncMode::Sync,
             pool: Some(pool.clone()),
             budget: None,
+            io: WalIoMetrics::detached(),
         },
     );
     s.write(start, bytes(10_000, 1)).unwrap();
@@ -179,6 +180,7 @@ fn a_preparation_no_thread_started_is_run_by_the_writer() {
             sync: SyncMode::NoSync,
             pool: Some(pool.clone()),
             budget: None,
+            io: WalIoMetrics::detached(),
         },
     );
     s.write(start, bytes(100, 1)).unwrap();
@@ -202,6 +204,7 @@ fn over_the_budget_an_idle_segment_is_closed_and_reopened_at_the_next_write() {
         sync: SyncMode::NoSync,
         pool: None,
         budget: Some(b.clone()),
+        io: WalIoMetrics::detached(),
     };
     let start = Lsn(u64::from(SEG));
     let (d1, d2) = (dir.path().join("a"), dir.path().join("b"));

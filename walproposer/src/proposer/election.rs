@@ -23,6 +23,13 @@ impl Proposer {
     }
 
     pub(super) fn on_greeting(&mut self, sk: SkId, g: AcceptorGreeting) {
+        if g.mconf.generation > self.generation() {
+            // The membership changed under us: whatever this proposer did, a new one with
+            // the new configuration must run the election (its quorums differ).
+            self.done = true;
+            self.outputs.push_back(Output::Reconfigure(g.mconf));
+            return;
+        }
         self.max_term_seen = self.max_term_seen.max(g.term);
         self.sks[sk].phase = Phase::Greeted;
         if self.elected.is_some() || self.campaigning {
@@ -39,12 +46,10 @@ impl Proposer {
             self.request_vote(sk);
             return;
         }
-        let greeted = self
-            .sks
-            .iter()
-            .filter(|s| s.phase == Phase::Greeted)
-            .count();
-        if greeted >= self.conf.quorum() {
+        if self
+            .quorums
+            .reached(|i| self.sks[i].phase == Phase::Greeted)
+        {
             self.campaigning = true;
             self.term = Term(self.max_term_seen.0 + 1);
             for i in 0..self.sks.len() {
@@ -90,7 +95,10 @@ impl Proposer {
                 _ => None,
             })
             .collect();
-        if votes.len() >= self.conf.quorum() {
+        if self
+            .quorums
+            .reached(|i| matches!(self.sks[i].phase, Phase::Voted(_)))
+        {
             self.become_elected(votes);
         }
     }

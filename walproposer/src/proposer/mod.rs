@@ -21,8 +21,10 @@ use pq_proto::replication::MAX_SEND_SIZE;
 use utils::{Lsn, TenantId, Term, TermHistory, TimelineId};
 
 use crate::window::WalWindow;
+pub use quorum::{Quorums, list_ids};
 
 mod election;
+mod quorum;
 mod streaming;
 #[cfg(test)]
 mod tests;
@@ -57,10 +59,16 @@ pub struct Config {
     /// Number of safekeepers.
     pub n_safekeepers: usize,
     /// The membership configuration sent in every greeting; its generation is carried by
-    /// every v3 message. Either empty (generation 0: safekeepers check no membership) or
-    /// naming the `n_safekeepers` safekeepers in index order. v2 carries none: keep it
-    /// empty there (see [`crate::members::check_protocol`]).
+    /// every v3 message. Either empty (generation 0: safekeepers check no membership; a
+    /// majority of the list decides) or naming the `n_safekeepers` safekeepers in
+    /// [`list_ids`] order (majorities of its members, and of its new members when joint,
+    /// decide: [`Quorums`]). v2 carries none: keep it empty there (see
+    /// [`crate::members::check_protocol`]).
     pub mconf: Configuration,
+    /// The node id of each safekeeper of the list, when the list is not the
+    /// configuration's own ([`list_ids`] order): e.g. every safekeeper a membership change
+    /// may involve, members or not. `None`: the configuration's order.
+    pub sk_ids: Option<Vec<utils::NodeId>>,
     /// Where a brand-new timeline starts (a record boundary of the source's WAL).
     pub timeline_start_lsn: Lsn,
     /// Stream or sync.
@@ -93,6 +101,7 @@ impl Config {
             protocol: ProtocolVersion::V3,
             n_safekeepers,
             mconf: Configuration::empty(),
+            sk_ids: None,
             timeline_start_lsn: Lsn::INVALID,
             mode: Mode::Stream,
             max_append: MAX_SEND_SIZE,
@@ -102,11 +111,6 @@ impl Config {
             max_backoff_ms: 5000,
             response_timeout_ms: 10_000,
         }
-    }
-
-    /// Votes (and acknowledgements) needed: a majority.
-    pub fn quorum(&self) -> usize {
-        self.n_safekeepers / 2 + 1
     }
 }
 
@@ -158,6 +162,10 @@ pub enum Output {
     Committed(Lsn),
     /// Sync mode: a quorum holds WAL up to this LSN and every live safekeeper knows it.
     Synced(Lsn),
+    /// A safekeeper holds a configuration of a higher generation (an operator changed
+    /// the membership): this proposer is done; a new one with that configuration (and the
+    /// safekeepers it names) takes over, as a compute restarts its walproposer.
+    Reconfigure(Configuration),
     /// A higher term exists: this proposer is done.
     SteppedDown {
         /// The term seen.
@@ -213,6 +221,7 @@ struct Sk {
 #[derive(Debug)]
 pub struct Proposer {
     conf: Config,
+    quorums: Quorums,
     sks: Vec<Sk>,
     now_ms: u64,
     /// The term being campaigned for / won.
@@ -224,6 +233,10 @@ pub struct Proposer {
     done: bool,
     window: WalWindow,
     fetching: Option<(Lsn, Lsn)>,
+    /// WAL fetched for a safekeeper further behind than the window reaches: `[lsn,
+    /// lsn + len)`, below the window's base and not adjacent to it (at most half the
+    /// window's budget), sent from here until that safekeeper reaches the window.
+    side: Option<(Lsn, bytes::Bytes)>,
     commit_lsn: Lsn,
     truncate_lsn: Lsn,
     /// Highest flush_lsn any safekeeper acknowledged in this term: WAL below it can be
@@ -259,6 +272,7 @@ impl Proposer {
             })
             .collect();
         let mut p = Proposer {
+            quorums: Quorums::new(conf.n_safekeepers, &conf.mconf, conf.sk_ids.as_deref()),
             conf,
             sks,
             now_ms: 0,
@@ -269,6 +283,7 @@ impl Proposer {
             done: false,
             window: WalWindow::new(Lsn::INVALID),
             fetching: None,
+            side: None,
             commit_lsn: Lsn::INVALID,
             truncate_lsn: Lsn::INVALID,
             max_acked_flush: Lsn::INVALID,
@@ -335,15 +350,11 @@ impl Proposer {
     /// True if every safekeeper that is not offline streams and reported commit_lsn ≥
     /// `lsn`, and at least a quorum does.
     pub fn all_streaming_committed(&self, lsn: Lsn) -> bool {
-        let mut streaming = 0;
-        for s in &self.sks {
-            match s.phase {
-                Phase::Offline { .. } => {}
-                Phase::Streaming if s.commit_lsn >= lsn => streaming += 1,
-                _ => return false,
-            }
-        }
-        streaming >= self.conf.quorum()
+        let done = |s: &Sk| s.phase == Phase::Streaming && s.commit_lsn >= lsn;
+        self.sks
+            .iter()
+            .all(|s| matches!(s.phase, Phase::Offline { .. }) || done(s))
+            && self.quorums.reached(|sk| done(&self.sks[sk]))
     }
 
     /// Takes the outputs produced so far.

@@ -22,24 +22,21 @@ impl Proposer {
         self.check_synced();
     }
 
-    /// The quorum's flush: the `quorum`-th highest acknowledged flush, where acks below
+    /// The quorum's flush: the highest acknowledged flush a majority of every quorum set
+    /// has ([`super::Quorums`]), where acks below
     /// the term start count as 0 (WAL of older terms is committed only together with
     /// WAL of this term — Raft's rule against committing from older terms).
     pub(super) fn update_commit(&mut self) {
         let Some(el) = &self.elected else { return };
-        let mut acks: Vec<Lsn> = self
-            .sks
-            .iter()
-            .map(|s| {
-                if s.phase == Phase::Streaming && s.flush_lsn >= el.term_start_lsn {
-                    s.flush_lsn
-                } else {
-                    Lsn::INVALID
-                }
-            })
-            .collect();
-        acks.sort_unstable_by(|a, b| b.cmp(a));
-        let q = acks[self.conf.quorum() - 1];
+        let start = el.term_start_lsn;
+        let q = self.quorums.agreed_lsn(|i| {
+            let s = &self.sks[i];
+            if s.phase == Phase::Streaming && s.flush_lsn >= start {
+                s.flush_lsn
+            } else {
+                Lsn::INVALID
+            }
+        });
         if q > self.commit_lsn {
             self.commit_lsn = q;
             self.outputs.push_back(Output::Committed(q));
@@ -93,8 +90,16 @@ impl Proposer {
         Ok(())
     }
 
-    /// WAL fetched from a donor, ending at the window's base.
+    /// WAL fetched from a donor: ending at the window's base (it extends the window), or,
+    /// for a safekeeper further behind than the window reaches, a chunk further back
+    /// (kept aside and sent to it from there; see [`Output::NeedWal`]).
     pub fn provide_wal(&mut self, lsn: Lsn, data: Bytes) -> Result<(), crate::window::WindowError> {
+        let end = Lsn(lsn.0 + data.len() as u64);
+        if end < self.window.base() && !data.is_empty() {
+            self.side = Some((lsn, data));
+            self.fetching = None;
+            return Ok(());
+        }
         self.window.prepend(lsn, data)?;
         if let Some((from, _)) = self.fetching
             && self.window.base() <= from
@@ -102,6 +107,17 @@ impl Proposer {
             self.fetching = None;
         }
         Ok(())
+    }
+
+    /// Up to `max` bytes at `lsn` from the WAL kept aside, if it holds them.
+    fn read_side(&self, lsn: Lsn, max: usize) -> Option<Bytes> {
+        let (start, data) = self.side.as_ref()?;
+        let end = Lsn(start.0 + data.len() as u64);
+        if lsn < *start || lsn >= end {
+            return None;
+        }
+        let off = (lsn.0 - start.0) as usize;
+        Some(data.slice(off..(off + max).min(data.len())))
     }
 
     /// The fetch asked for by [`Output::NeedWal`] failed; it will be asked again.
@@ -125,7 +141,10 @@ impl Proposer {
         let mut data = Bytes::new();
         if next < self.window.end() {
             if next < self.window.base() {
-                self.request_fetch(sk, next);
+                match self.read_side(next, self.conf.max_append) {
+                    Some(d) => data = d,
+                    None => self.request_fetch(sk, next),
+                }
             } else if let Some(d) = self.window.read(next, self.conf.max_append) {
                 data = d;
             }
@@ -156,12 +175,14 @@ impl Proposer {
     }
 
     pub(super) fn request_fetch(&mut self, sk: SkId, from: Lsn) {
-        let to = self.window.base();
-        // Fetch a bounded amount at a time; the rest is asked for once this arrived.
-        let from = Lsn(from.0.max(to.0.saturating_sub(self.conf.max_window / 2)));
+        // Fetch a bounded amount at a time, from where the safekeeper is: the part next
+        // to the window extends it; a safekeeper further behind than half the budget gets
+        // chunks kept aside (extending the window that far back would only have the
+        // budget drop them again before they were sent).
+        let to = Lsn(self.window.base().0.min(from.0 + self.conf.max_window / 2));
         if let Some((f, t)) = self.fetching
             && f <= from
-            && t == to
+            && from < t
         {
             return;
         }

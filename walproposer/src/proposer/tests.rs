@@ -398,3 +398,129 @@ fn greets_with_the_empty_configuration_by_default() {
     assert_eq!(g.mconf, Configuration::empty());
     assert_eq!(p.generation(), Generation(0));
 }
+
+fn members_conf(generation: u32, members: &[u64], new: Option<&[u64]>) -> Configuration {
+    let list = |ids: &[u64]| {
+        ids.iter()
+            .map(|&i| SafekeeperId {
+                id: NodeId(i),
+                host: "127.0.0.1".into(),
+                pg_port: 5453 + i as u16,
+            })
+            .collect()
+    };
+    Configuration {
+        generation: Generation(generation),
+        members: list(members),
+        new_members: new.map(list),
+    }
+}
+
+#[test]
+fn a_greeting_with_a_newer_configuration_ends_the_proposer_with_it() {
+    let mut c = conf();
+    c.mconf = members_conf(1, &[1, 2, 3], None);
+    let mut p = Proposer::new(c);
+    p.drain_outputs();
+    let newer = members_conf(2, &[1, 2, 3], Some(&[1, 2, 4]));
+    p.handle(0, Input::Connected(0));
+    p.handle(
+        0,
+        Input::Message(
+            0,
+            AcceptorMessage::Greeting(AcceptorGreeting {
+                node_id: NodeId(1),
+                mconf: newer.clone(),
+                term: Term(0),
+            }),
+        ),
+    );
+    let out = p.drain_outputs();
+    assert!(out.contains(&Output::Reconfigure(newer)), "{out:?}");
+    assert!(p.is_done());
+}
+
+#[test]
+fn a_joint_configuration_needs_votes_and_acks_from_both_sets() {
+    // List order: ids 1, 2, 3, 4; old set {1,2,3}, new set {1,2,4}.
+    let joint = members_conf(2, &[1, 2, 3], Some(&[1, 2, 4]));
+    let mut c = conf();
+    c.n_safekeepers = 4;
+    c.mconf = joint.clone();
+    let mut p = Proposer::new(c);
+    p.drain_outputs();
+    let greet = |p: &mut Proposer, sk: SkId| {
+        p.handle(0, Input::Connected(sk));
+        p.handle(
+            0,
+            Input::Message(
+                sk,
+                AcceptorMessage::Greeting(AcceptorGreeting {
+                    node_id: NodeId(sk as u64 + 1),
+                    mconf: joint.clone(),
+                    term: Term(0),
+                }),
+            ),
+        );
+    };
+    // Ids 1 and 3 are a majority of the old set only: no campaign.
+    greet(&mut p, 0);
+    greet(&mut p, 2);
+    let out = p.drain_outputs();
+    assert!(
+        !sent(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, ProposerMessage::VoteRequest(_))),
+        "campaigned without the new set: {out:?}"
+    );
+    // Id 4 too: {1, 3} is 2 of {1,2,3} and {1, 4} is 2 of {1,2,4}: both majorities.
+    greet(&mut p, 3);
+    let out = p.drain_outputs();
+    let votes = sent(&out)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, ProposerMessage::VoteRequest(_)))
+        .count();
+    assert_eq!(votes, 3, "{out:?}");
+    let v = |flush| {
+        let mut v = vote(1, true, flush, TermHistory::empty());
+        if let AcceptorMessage::VoteResponse(r) = &mut v {
+            r.generation = Generation(2);
+        }
+        v
+    };
+    // Votes from ids 1 and 3: not elected (the new set has one vote).
+    p.handle(0, Input::Message(0, v(0)));
+    p.handle(0, Input::Message(2, v(0)));
+    assert!(
+        !p.drain_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Elected { .. }))
+    );
+    p.handle(0, Input::Message(3, v(0)));
+    assert!(
+        p.drain_outputs()
+            .iter()
+            .any(|o| matches!(o, Output::Elected { .. }))
+    );
+    p.append_wal(Lsn(0x100), Bytes::from(vec![7u8; 1024]))
+        .unwrap();
+    let mut a = |sk: SkId, flush: u64| {
+        let mut m = ack(1, flush, 0);
+        if let AcceptorMessage::AppendResponse(r) = &mut m {
+            r.generation = Generation(2);
+        }
+        p.handle(0, Input::Message(sk, m));
+        p.drain_outputs()
+    };
+    // Ids 1 and 3 have it: a majority of the old set, not of the new one.
+    a(0, 0x500);
+    let out = a(2, 0x500);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Committed(l) if *l >= Lsn(0x500))),
+        "{out:?}"
+    );
+    // Id 4 too: both majorities.
+    let out = a(3, 0x500);
+    assert!(out.contains(&Output::Committed(Lsn(0x500))), "{out:?}");
+}

@@ -7,7 +7,9 @@
 //! term and flush_lsn it told anyone). Must never: look at a node's private state beyond
 //! the public accessors, or let a check depend on how the sim happened to schedule.
 //!
-//! Core invariants: ElectionSafety, LogSafety, LogIsMonotonic, NoCommittedLoss.
+//! Core invariants: ElectionSafety, LogSafety, LogIsMonotonic, NoCommittedLoss, and
+//! AckedWalIntact (checked by the world: a restart never finds WAL below the control
+//! file's durable-flush watermark damaged or gone, which the restart path refuses).
 //! Auxiliary ones (on with `aux_checks`): FlushIsDurable, AckedFlushKept, TermDurable,
 //! CommitBelowFlush, WalProvenance (and the world's EffectContract: an effect the disk
 //! cannot perform as specified, such as a truncation past the written end).
@@ -253,6 +255,20 @@ impl Checker {
     }
 
     /// The acceptor cut its WAL at `end` (truncation, or a new first segment).
+    /// Safekeeper `sk`'s timeline was replaced by a copy of a peer's (a membership
+    /// change's `DELETE` and `pull_timeline`): what was known of its WAL and replies is
+    /// forgotten and learnt again from the copy.
+    pub fn on_replaced(&mut self, sk: usize) {
+        let start = self.timeline_start;
+        let t = &mut self.acceptors[sk];
+        t.verified = start;
+        t.durable_match = start;
+        t.durable_blocked = false;
+        t.provenance = start;
+        t.max_reported_term = Term(0);
+        t.acked_flush = Lsn::INVALID;
+    }
+
     pub fn on_cut(&mut self, sk: usize, end: Lsn) {
         let t = &mut self.acceptors[sk];
         t.acked_flush = t.acked_flush.min(end);

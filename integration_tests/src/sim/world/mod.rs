@@ -10,7 +10,11 @@
 //! The safekeeper side lives in `acceptor_side`, the compute side in `proposer_side`.
 
 mod acceptor_side;
+mod membership_side;
 mod proposer_side;
+mod recovery_side;
+
+pub use membership_side::initial_configuration;
 
 use walproposer::proposer::Input;
 
@@ -43,6 +47,8 @@ enum Event {
     Break(ConnId),
     Silent(ConnId, Dir, SilentFault),
     Corrupt(ConnId),
+    Recover(usize),
+    Membership,
 }
 
 /// The simulated cluster of one seed.
@@ -57,6 +63,11 @@ pub struct World {
     net: Network,
     checker: Checker,
     report: SeedReport,
+    /// The membership change under way, if any.
+    controller: membership_side::Controller,
+    /// The members once the last change finished (indexes), and their generation.
+    members: Vec<usize>,
+    generation: pq_proto::proposer::Generation,
 }
 
 impl World {
@@ -87,6 +98,9 @@ impl World {
             net: Network::default(),
             checker,
             report,
+            controller: membership_side::Controller::Idle,
+            members: vec![0, 1, 2],
+            generation: initial_configuration().generation,
         }
     }
 
@@ -117,13 +131,16 @@ impl World {
         self.report
     }
 
-    /// The liveness check: faults stop, the second compute goes away for good, down nodes
-    /// come back; within `settle_steps` the remaining proposer must be elected and have
-    /// committed all the WAL it holds. A run that does not get there is reported in
+    /// The liveness check: faults stop, the source stops (the WAL the proposer holds is
+    /// then a fixed goal: with a source still appending, a run would settle only at a
+    /// lull, which some schedules rarely have), the second compute goes away for good,
+    /// down nodes come back; within `settle_steps` the remaining proposer must be elected
+    /// and have committed all the WAL it holds. A run that does not get there is reported in
     /// [`SeedReport::stalled`] (not a safety violation).
     fn settle(&mut self, until: impl Fn(&World) -> bool) {
         let c = &mut self.cfg;
         c.w_crash_acceptor = 0.0;
+        c.w_membership = 0.0;
         c.w_crash_proposer = 0.0;
         c.w_break_conn = 0.0;
         c.w_silent = 0.0;
@@ -131,6 +148,7 @@ impl World {
         c.connect_fail = 0.0;
         c.crash_mid_effects = 0.0;
         c.fetch_fail = 0.0;
+        c.wal_budget = c.wal_budget.min(self.report.generated_bytes);
         for p in 1..self.proposers.len() {
             if self.proposers[p].is_up() {
                 self.stop_proposer(p, "is retired");
@@ -340,7 +358,11 @@ impl World {
             } else if a.restart_at <= now {
                 add(Event::RestartAcceptor(i), 5.0);
             }
+            if self.recovery_donor(i).is_some() {
+                add(Event::Recover(i), recovery_side::W_RECOVER);
+            }
         }
+        add(Event::Membership, self.membership_weight());
         (evs, ws)
     }
 
@@ -354,6 +376,8 @@ impl World {
             Event::Source(p) => self.source_append(p),
             Event::FetchDone(p) => self.fetch_done(p),
             Event::RestartAcceptor(sk) => self.restart_acceptor(sk),
+            Event::Recover(sk) => self.recover(sk),
+            Event::Membership => self.membership_step(),
             Event::RestartProposer(p) => {
                 let (cfg, now) = (&self.cfg, self.now);
                 self.proposers[p].start(cfg, now);

@@ -198,6 +198,12 @@ impl World {
                     .on_committed(lsn, history, &name, &mut node.commit_verified)?;
             }
             Output::Synced(_) => {}
+            Output::Reconfigure(c) => {
+                // A newer configuration: the compute restarts its proposer under it.
+                self.log(|| format!("{name} restarts for generation {}", c.generation.0));
+                self.proposers[p].mconf = c;
+                return Ok(true);
+            }
             Output::SteppedDown { term, reason } => {
                 self.log(|| format!("{name} steps down (term {term}): {reason}"));
                 return Ok(true);

@@ -117,7 +117,8 @@ fn election_truncates_a_divergent_tail() {
     append(&mut b, 1, START, data, Lsn::INVALID).unwrap();
     b.flush();
     vote(&mut b, 3);
-    let err = elect(&mut b, 3, hist(&[(1, START), (2, ends[0])]), ends[1]).unwrap_err();
+    let h = hist(&[(1, START), (2, ends[0]), (3, ends[1])]);
+    let err = elect(&mut b, 3, h, ends[1]).unwrap_err();
     assert!(matches!(err, AcceptorError::StartMismatch { .. }), "{err}");
 }
 
@@ -197,7 +198,7 @@ fn append_before_election_is_an_error() {
 }
 
 #[test]
-fn gaps_and_rewrites_are_errors() {
+fn gaps_and_rewrites_are_errors_heartbeats_past_the_end_too() {
     let mut a = elected();
     let (data, ends) = wal(START, 2, 100);
     append(&mut a, 1, START, data.slice(..64), Lsn::INVALID).unwrap();
@@ -218,6 +219,12 @@ fn gaps_and_rewrites_are_errors() {
     );
     let err = append(&mut a, 1, START, data.slice(..80), Lsn::INVALID).unwrap_err();
     assert!(matches!(err, AcceptorError::Rewrite { .. }), "{err}");
+    // A heartbeat past the end: the bytes before it were lost on the way.
+    let err = append(&mut a, 1, Lsn(START.0 + 72), Bytes::new(), Lsn::INVALID).unwrap_err();
+    assert!(matches!(err, AcceptorError::Gap { .. }), "{err}");
+    // At the end or before it (a late duplicate), a heartbeat is fine.
+    append(&mut a, 1, Lsn(START.0 + 64), Bytes::new(), Lsn::INVALID).unwrap();
+    append(&mut a, 1, START, Bytes::new(), Lsn::INVALID).unwrap();
     // The stream goes on from where it really is.
     append(&mut a, 1, Lsn(START.0 + 64), data.slice(64..), Lsn::INVALID).unwrap();
     a.flush();
@@ -317,4 +324,37 @@ fn a_flush_begun_counts_only_what_was_written_before_it_and_only_once_complete()
     let out = a.flush();
     assert_eq!(out.effects[0], Effect::FlushWal);
     assert_eq!(a.flush_lsn(), ends[3]);
+}
+
+#[test]
+fn oversized_and_mismatched_appends_say_what_is_wrong() {
+    let mut a = elected();
+    let big = Bytes::from(vec![0u8; 1 << 20]);
+    let err = append(&mut a, 1, START, big, Lsn::INVALID).unwrap_err();
+    assert_eq!(
+        err,
+        AcceptorError::AppendTooLarge {
+            bytes: 1 << 20,
+            max: 128 * 1024
+        }
+    );
+    assert!(err.to_string().contains("128 KiB"), "{err}");
+    // A range that does not match the bytes.
+    let err = a
+        .process(ProposerMessage::AppendRequest(AppendRequest {
+            h: AppendRequestHeader {
+                generation: Generation(0),
+                term: Term(1),
+                begin_lsn: START,
+                end_lsn: Lsn(START.0 + 10),
+                commit_lsn: Lsn::INVALID,
+                truncate_lsn: Lsn::INVALID,
+            },
+            wal_data: Bytes::from_static(b"abc"),
+        }))
+        .unwrap_err();
+    assert!(
+        matches!(err, AcceptorError::BadRange { bytes: 3, .. }),
+        "{err}"
+    );
 }

@@ -107,6 +107,43 @@ pub(super) fn elected() -> Acceptor {
 }
 
 #[test]
+fn malformed_term_histories_are_refused_before_anything_is_persisted() {
+    // An acceptor that voted in term 5 and has WAL of term 1.
+    let mut a = elected();
+    let (data, ends) = wal(START, 3, 200);
+    append(&mut a, 1, START, data, Lsn::INVALID).unwrap();
+    vote(&mut a, 5);
+    let before = a.state().clone();
+    let end = *ends.last().unwrap();
+    let bad = [
+        // Unsorted terms.
+        (
+            hist(&[(1, START), (4, end), (3, end), (5, end)]),
+            "strictly increase",
+        ),
+        // A repeated term.
+        (hist(&[(1, START), (1, end), (5, end)]), "strictly increase"),
+        // Decreasing switch points.
+        (
+            hist(&[(1, START), (3, end), (5, START)]),
+            "must not decrease",
+        ),
+        // Ending with another term than the elected one.
+        (hist(&[(1, START), (3, end)]), "not the elected term 5"),
+        (hist(&[]), "empty"),
+    ];
+    for (h, rule) in bad {
+        let err = elect(&mut a, 5, h.clone(), START).unwrap_err();
+        assert!(matches!(err, AcceptorError::History(_)), "{h:?}: {err:?}");
+        assert!(err.to_string().contains(rule), "{h:?}: {err}");
+        assert_eq!(a.state(), &before, "{h:?} changed the state");
+    }
+    // The well-formed one is taken.
+    elect(&mut a, 5, hist(&[(1, START), (5, end)]), end).unwrap();
+    assert_eq!(a.state().term_history, hist(&[(1, START), (5, end)]));
+}
+
+#[test]
 fn first_vote_is_persisted_before_it_is_granted() {
     let mut a = fresh();
     let out = vote(&mut a, 1);

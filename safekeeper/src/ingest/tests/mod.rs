@@ -1,8 +1,13 @@
 //! The executor over a small in-memory disk (pure logic: no files, no runtime): group
 //! commit across connections, the answer at a segment's end, a storage error breaking the
-//! executor, and the restart path cutting what was never flushed.
+//! executor, and the restart path cutting what was never flushed. The restart path's
+//! verdicts against the durable-flush watermark are in `restart.rs`.
 
+mod restart;
+
+use std::cell::RefCell;
 use std::io;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use pq_proto::proposer::{
@@ -21,7 +26,7 @@ const START: Lsn = Lsn(SEG as u64 + 40);
 
 /// WAL in a vector from offset 0 (LSN 0), the durable prefix marked, the control file a
 /// value; can be told to fail the next write.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Disk {
     wal: Vec<u8>,
     durable: usize,
@@ -30,6 +35,11 @@ struct Disk {
     fail_next_write: bool,
     /// The end a begun flush will make durable when awaited.
     pending: Option<usize>,
+    /// Fail the next truncation (a crash between the control file and the cut).
+    fail_next_truncate: bool,
+    /// Every truncation: its end and the watermark of the control file at that moment
+    /// (shared, so it outlives a disk the restart path consumed).
+    truncations: Rc<RefCell<Vec<(Lsn, Lsn)>>>,
 }
 
 /// The in-memory flush: durability is applied when it is awaited.
@@ -91,6 +101,14 @@ impl Storage for Disk {
         Ok(())
     }
     fn truncate_wal(&mut self, end: Lsn) -> io::Result<()> {
+        if std::mem::take(&mut self.fail_next_truncate) {
+            return Err(io::Error::other("injected truncation failure"));
+        }
+        let watermark = self
+            .control
+            .as_ref()
+            .map_or(Lsn::INVALID, |c| c.durable_flush_lsn);
+        self.truncations.borrow_mut().push((end, watermark));
         self.wal.truncate(end.0 as usize);
         self.durable = self.durable.min(self.wal.len());
         Ok(())
