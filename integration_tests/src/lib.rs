@@ -6,7 +6,7 @@
 //! a TCP proxy that can take it "down" or cut uploads midway ([`proxy`]); a real Prometheus
 //! server and a client of its query API ([`prometheus`]); an HTTP client of the API
 //! ([`http`]); Ed25519 keys and JWTs for authentication tests ([`jwt`]); a test
-//! certificate authority ([`tls`]).
+//! certificate authority ([`tls`]); Neon's compute as a client ([`neon`]).
 //!
 //! Owns: processes and temp directories of tests. Must never: be used outside tests, or
 //! leave a process or directory behind (everything is released on drop).
@@ -15,6 +15,8 @@ pub mod http;
 pub mod in_process;
 /// Ed25519 test keys and JWTs, good and forged.
 pub mod jwt;
+/// Neon's compute (PostgreSQL 17 fork + `neon` walproposer) as a test client.
+pub mod neon;
 pub mod pg;
 pub mod pg_tools;
 pub mod prometheus;
