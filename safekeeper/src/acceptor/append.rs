@@ -1,8 +1,8 @@
 //! The append half of the acceptor: AppendRequests and the record boundaries of the WAL
 //! they carry.
 //!
-//! Owns: the sequencing rules (no gap, no rewrite, the current term only, at most
-//! MAX_SEND_SIZE) and the decoding that keeps `flush_lsn` at a CRC-checked record
+//! Owns: the sequencing rules (no gap, bytes already held skipped, the current term only,
+//! at most MAX_SEND_SIZE) and the decoding that keeps `flush_lsn` at a CRC-checked record
 //! boundary. Must never: count a byte of a refused request, or answer before a flush.
 
 use pq_proto::proposer::{AcceptorMessage, AppendRequest, AppendResponse};
@@ -52,17 +52,25 @@ impl Acceptor {
         if begin > write_lsn {
             return Err(AcceptorError::Gap { begin, write_lsn });
         }
-        if !a.wal_data.is_empty() {
+        let mut data = a.wal_data;
+        if begin < write_lsn && !data.is_empty() {
+            // Bytes we already hold (the proposer resends, or a peer recovery brought them
+            // first). Since ProposerElected of this term, all WAL here is this term's
+            // proposer's history: up to the elected start point it matched that history,
+            // and everything above was written by that proposer or taken from a peer in
+            // the same term (which got it from the same proposer). So the bytes are the
+            // same: skip them, keep the rest.
+            let held = (write_lsn.0 - begin.0).min(bytes) as usize;
+            data = data.slice(held..);
+        }
+        if !data.is_empty() {
             if self.wal.poisoned {
                 return Err(AcceptorError::WalPoisoned);
             }
-            if begin < write_lsn {
-                return Err(AcceptorError::Rewrite { begin, write_lsn });
-            }
-            self.decode(&a.wal_data, end)?;
+            self.decode(&data, end)?;
             effects.push(Effect::WriteWal {
-                lsn: begin,
-                data: a.wal_data,
+                lsn: write_lsn,
+                data,
             });
         }
         self.candidate_commit_lsn = self.candidate_commit_lsn.max(a.h.commit_lsn);

@@ -84,14 +84,6 @@ pub enum AcceptorError {
         /// End of written WAL.
         write_lsn: Lsn,
     },
-    /// AppendRequest that starts below the end of written WAL.
-    #[error("AppendRequest at {begin} rewrites WAL written before: WAL here ends at {write_lsn}")]
-    Rewrite {
-        /// Where the request starts.
-        begin: Lsn,
-        /// End of written WAL.
-        write_lsn: Lsn,
-    },
     /// end_lsn below begin_lsn, or a range that does not match the WAL bytes sent.
     #[error("invalid AppendRequest range {begin}..{end}: it carries {bytes} bytes of WAL")]
     BadRange {

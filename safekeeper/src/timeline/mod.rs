@@ -23,9 +23,9 @@ pub mod status;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +117,14 @@ pub struct Timeline {
     offload_state: Mutex<OffloadState>,
     /// The running recovery from a peer (cancelled: none runs).
     recovery: Mutex<Option<CancellationToken>>,
+    /// Whether a recovery from a peer runs (read on every proposer append).
+    recovering: AtomicBool,
+    /// When the timeline was made: the clock of `proposer_active_ms`.
+    born: Instant,
+    /// Milliseconds after `born` of the last proposer activity: a connection, or an
+    /// AppendRequest carrying WAL. A proposer idle longer than a peer-status interval is
+    /// not sending what we lack (see [`recovery`]).
+    proposer_active_ms: AtomicU64,
 }
 
 impl Timeline {
@@ -154,6 +162,9 @@ impl Timeline {
             peers: Mutex::new(PeerBoard::default()),
             offload_state: Mutex::new(OffloadState::default()),
             recovery: Mutex::new(None),
+            recovering: AtomicBool::new(false),
+            born: Instant::now(),
+            proposer_active_ms: AtomicU64::new(0),
         });
         tl.start_checkpoints();
         tl.start_peer_status(tl.ctx.peer_status_interval);
@@ -268,8 +279,9 @@ impl Timeline {
     /// long as the guard lives.
     pub fn compute_guard(self: &Arc<Self>, conn: ConnId, app_name: &str) -> ComputeGuard {
         self.computes.fetch_add(1, Ordering::Relaxed);
-        // The proposer's path wins: a recovery from a peer ends before its first input.
-        self.stop_recovery();
+        // A recovery from a peer goes on until this proposer sends WAL (it may never be
+        // elected, or not send what we lack); none starts for a peer-status interval.
+        self.note_proposer_activity();
         self.proposers.add(conn, app_name);
         ComputeGuard {
             tl: self.clone(),
@@ -354,9 +366,18 @@ impl ComputeGuard {
         self.conn
     }
 
-    /// Notes the protocol phase `msg` puts the connection in (for the status API).
+    /// Notes the protocol phase `msg` puts the connection in (for the status API), and
+    /// WAL it carries: the proposer streams, so a recovery from a peer stops.
     pub fn observe(&mut self, msg: &pq_proto::proposer::ProposerMessage) {
         self.tl.proposers.observe(self.conn, &mut self.phase, msg);
+        if let pq_proto::proposer::ProposerMessage::AppendRequest(a) = msg
+            && !a.wal_data.is_empty()
+        {
+            self.tl.note_proposer_activity();
+            if self.tl.recovering.load(Ordering::Relaxed) {
+                self.tl.stop_recovery();
+            }
+        }
     }
 }
 

@@ -1,9 +1,15 @@
 //! Peer recovery: a member whose WAL is behind a peer's in the same term, with no proposer
-//! connected, reads the missing WAL from that peer in term mode (`START_REPLICATION …
+//! sending it WAL, reads the missing WAL from that peer in term mode (`START_REPLICATION …
 //! (term='N')` through `pq_client`) and feeds it through the timeline's inbox as
 //! AppendRequests of that term: the acceptor validates them exactly as a proposer's (same
-//! generation, the current term only, no gap, no rewrite, CRC-checked records) and group
-//! commit makes them durable the same way.
+//! generation, the current term only, no gap, CRC-checked records) and group commit makes
+//! them durable the same way.
+//!
+//! "No proposer sending it WAL" ([`Timeline::proposer_streaming`]): none is connected, or
+//! those connected have sent no WAL for a whole peer-status interval — a proposer still
+//! voting or never elected (no quorum), or one that does not send what we lack. Such a
+//! proposer may later send WAL we took from the peer meanwhile: the acceptor skips bytes
+//! it already holds (one proposer per term: they are the same bytes).
 //!
 //! When (see [`choose_donor`]): our term equals our last log term `T` (we hold WAL of the
 //! proposer elected in `T` and promised no later one), and a peer's term and last log term
@@ -12,13 +18,14 @@
 //! term `T` above our flush_lsn are the ones that proposer would have sent us. A peer that
 //! voted in a later term is not used: its WAL may be cut by that term's election.
 //!
-//! Stops as soon as a proposer connects ([`Timeline::compute_guard`] cancels it), when the
-//! donor's term changes (its stream ends), when our term moves on (the acceptor answers
-//! with a higher term), or when the timeline shuts down (it is one of its tasks).
+//! Stops as soon as a proposer sends WAL ([`super::ComputeGuard::observe`] cancels it), when
+//! the donor's term changes (its stream ends), when our term moves on (a vote or an
+//! election: the acceptor answers with a higher term), or when the timeline shuts down (it
+//! is one of its tasks).
 //!
 //! Owns: the choice of donor, the recovery task and its pseudo-connection. Must never:
-//! write WAL except through the inbox, take WAL of another term than ours, or run while a
-//! proposer streams to the timeline.
+//! write WAL except through the inbox, take WAL of another term than ours, or start while a
+//! proposer streams WAL to the timeline.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,10 +178,31 @@ impl ReplyTo for Sink {
 }
 
 impl Timeline {
+    /// Whether a proposer streams WAL to us: one is connected and some proposer was
+    /// active (connected or sent WAL) within the last peer-status interval.
+    pub fn proposer_streaming(&self) -> bool {
+        if self.computes() == 0 {
+            return false;
+        }
+        let Some(interval) = self.ctx.peer_status_interval else {
+            return true;
+        };
+        let now = self.born.elapsed().as_millis() as u64;
+        let last = self.proposer_active_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) < interval.as_millis() as u64
+    }
+
+    /// Notes that a proposer connected or sent WAL just now.
+    pub(super) fn note_proposer_activity(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.proposer_active_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
     /// Starts recovering from a peer if one has WAL we lack in our term and no proposer
-    /// streams to us (and no recovery runs). Called after each round of the peers' status.
+    /// streams WAL to us (and no recovery runs). Called after each round of the peers'
+    /// status.
     pub(super) fn maybe_recover(self: &Arc<Self>, answered: &[PeerPosition]) {
-        if !self.ctx.peer_recovery || self.computes() > 0 {
+        if !self.ctx.peer_recovery || self.proposer_streaming() {
             return;
         }
         let st = self.status();
@@ -200,8 +228,10 @@ impl Timeline {
             *slot = Some(stop.clone());
             stop
         };
-        // Checked again with the slot set: a proposer connecting from now on cancels it.
-        if self.computes() > 0 {
+        self.recovering.store(true, Ordering::Relaxed);
+        // Checked again with the flag set: a proposer sending WAL from now on cancels it.
+        if self.proposer_streaming() {
+            self.recovering.store(false, Ordering::Relaxed);
             stop.cancel();
             return;
         }
@@ -231,13 +261,14 @@ impl Timeline {
                             "peer recovery failed at flush_lsn {flush}: {e}");
                     }
                 }
+                tl.recovering.store(false, Ordering::Relaxed);
                 stop.cancel();
             },
             &rt,
         );
     }
 
-    /// Stops a running recovery (a proposer connected).
+    /// Stops a running recovery (a proposer sends WAL).
     pub(super) fn stop_recovery(&self) {
         if let Some(s) = self
             .recovery
@@ -337,8 +368,8 @@ impl Timeline {
         // Where our WAL ends (written, maybe a record not yet complete: a proposer that
         // left mid-record leaves its head above flush_lsn). Those bytes are of our term,
         // as the donor's are (one proposer per term), so the donor's continue them.
-        // Nothing else writes meanwhile: no proposer is connected, and one that connects
-        // stops us before its first message.
+        // A proposer that sends WAL meanwhile stops us; bytes both send are skipped by
+        // the acceptor the second time.
         let tl = self.clone();
         let from = match self
             .ctx
@@ -379,8 +410,7 @@ impl Timeline {
                     _ = stop.cancelled() => return Ok(End::Stopped),
                     p = budget.clone().acquire_many_owned(cost) => p.expect("the budget is never closed"),
                 };
-                // Checked right before the submit: a proposer that connected since must
-                // not see our appends after its own messages.
+                // Checked right before the submit: once a proposer streams, its WAL wins.
                 if stop.is_cancelled()
                     || sink.stop.is_cancelled()
                     || sink.term.load(Ordering::Relaxed) > donor.term.0

@@ -1,12 +1,18 @@
-//! Peer recovery in the simulation: a safekeeper that no proposer streams to takes WAL of
-//! its own term from a peer, as the server's recovery task does (`timeline/recovery.rs`):
+//! Peer recovery in the simulation: a safekeeper takes WAL of its own term from a peer, as
+//! the server's recovery task does (`timeline/recovery.rs`):
 //! the donor is chosen by the server's own [`choose_donor`], and its bytes are stepped
 //! through the node's executor as AppendRequests of that term, on a connection of the
 //! recovery's own, answered by the node's group commit like any other.
 //!
+//! The server starts a recovery only when no proposer has sent the node WAL for a
+//! peer-status interval, and stops it when one does: a rule of time, which the simulation
+//! does not model. Recovery steps here may come at any point, also between the appends of
+//! a proposer connected to the node, so the safety of every interleaving is checked (the
+//! acceptor skips bytes it already holds from either source).
+//!
 //! Owns: when a recovery step may happen and what it reads from the donor (its written
 //! WAL below its flush_lsn, as the term-mode sender reads it). Must never: step the
-//! acceptor itself, or recover a node some proposer streams to.
+//! acceptor itself.
 
 use pq_proto::proposer::{AppendRequest, AppendRequestHeader, ProposerMessage, SafekeeperId};
 use safekeeper::timeline::{Donor, Local, PeerPosition, choose_donor};
@@ -28,15 +34,12 @@ fn recovery_conn(sk: usize) -> ConnId {
 }
 
 impl World {
-    /// The donor `sk` would recover from now, if any (the node up, its appends answered —
-    /// as the server's recovery waits for its answer —, no open connection of a proposer
-    /// to it), starting, as the server's, at its end of written WAL.
+    /// The donor `sk` would recover from now, if any (the node up, its appends answered,
+    /// as the server's recovery waits for its answer), starting, as the server's, at its
+    /// end of written WAL.
     pub(super) fn recovery_donor(&self, sk: usize) -> Option<Donor> {
         let a = self.acceptors[sk].acceptor()?;
-        if self.acceptors[sk].flush_in_flight()
-            || self.acceptors[sk].owes()
-            || self.net.conns().any(|c| c.sk == sk && c.acceptor_open)
-        {
+        if self.acceptors[sk].flush_in_flight() || self.acceptors[sk].owes() {
             return None;
         }
         let local = Local {

@@ -198,7 +198,7 @@ fn append_before_election_is_an_error() {
 }
 
 #[test]
-fn gaps_and_rewrites_are_errors_heartbeats_past_the_end_too() {
+fn gaps_are_errors_heartbeats_past_the_end_too() {
     let mut a = elected();
     let (data, ends) = wal(START, 2, 100);
     append(&mut a, 1, START, data.slice(..64), Lsn::INVALID).unwrap();
@@ -217,8 +217,6 @@ fn gaps_and_rewrites_are_errors_heartbeats_past_the_end_too() {
             write_lsn: Lsn(START.0 + 64)
         }
     );
-    let err = append(&mut a, 1, START, data.slice(..80), Lsn::INVALID).unwrap_err();
-    assert!(matches!(err, AcceptorError::Rewrite { .. }), "{err}");
     // A heartbeat past the end: the bytes before it were lost on the way.
     let err = append(&mut a, 1, Lsn(START.0 + 72), Bytes::new(), Lsn::INVALID).unwrap_err();
     assert!(matches!(err, AcceptorError::Gap { .. }), "{err}");
@@ -357,4 +355,37 @@ fn oversized_and_mismatched_appends_say_what_is_wrong() {
         matches!(err, AcceptorError::BadRange { bytes: 3, .. }),
         "{err}"
     );
+}
+
+/// Bytes already held are skipped, whether the request is all held (a resend) or runs past
+/// the end (a resend that goes on, or a proposer catching up on WAL a peer recovery brought
+/// first): only the new bytes are written, once, and the records end where they should.
+#[test]
+fn bytes_already_held_are_skipped() {
+    let mut a = elected();
+    let (data, ends) = wal(START, 3, 100);
+    let mid = Lsn(START.0 + 64);
+    let out = append(&mut a, 1, START, data.slice(..64), Lsn::INVALID).unwrap();
+    assert_eq!(written(&out), vec![(START, 64)]);
+    // All held: nothing written, answered as a heartbeat.
+    let out = append(&mut a, 1, START, data.slice(..40), Lsn::INVALID).unwrap();
+    assert_eq!(written(&out), vec![]);
+    // Part held: only the bytes past the end are written, where they belong.
+    let end = Lsn(START.0 + data.len() as u64);
+    let out = append(&mut a, 1, Lsn(START.0 + 10), data.slice(10..), Lsn::INVALID).unwrap();
+    assert_eq!(written(&out), vec![(mid, data.len() - 64)]);
+    a.flush();
+    assert_eq!(a.flush_lsn(), ends[2]);
+    assert_eq!(a.flush_lsn(), end);
+}
+
+/// Where and how much each WriteWal effect of `out` writes.
+fn written(out: &Output) -> Vec<(Lsn, usize)> {
+    out.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::WriteWal { lsn, data } => Some((*lsn, data.len())),
+            _ => None,
+        })
+        .collect()
 }
