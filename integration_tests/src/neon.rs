@@ -167,7 +167,8 @@ impl NeonBuild {
     /// Copies the timeline `ttid` from `sk` with the build's `pg_receivewal` into `dir`
     /// (created), from the timeline's first segment (a slot name makes it ask
     /// `READ_REPLICATION_SLOT`) up to `end`, which must be the safekeeper's commit_lsn or
-    /// below it.
+    /// below it. The last segment (`.partial`, zero-padded to full size by `pg_receivewal`)
+    /// gets its full name, so that `pg_waldump` finds it.
     pub fn receive_wal(
         &self,
         sk: &Safekeeper,
@@ -197,6 +198,16 @@ impl NeonBuild {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let Some(full) = path
+                .to_str()
+                .and_then(|p| p.strip_suffix(".partial"))
+                .map(PathBuf::from)
+            {
+                std::fs::rename(&path, full)?;
+            }
+        }
         Ok(())
     }
 
