@@ -25,7 +25,7 @@ use utils::{Lsn, TenantTimelineId};
 use crate::http::Api;
 use crate::pg::free_port;
 use crate::pg_tools::{
-    PG_OS_USER, Waldump, describe, give_to_pg_user, parse_waldump_line, run, running_as_root,
+    PG_OS_USER, WaldumpRecord, describe, give_to_pg_user, parse_waldump_line, run, running_as_root,
     server_command_in,
 };
 use crate::sk::{Safekeeper, TimelineStatus};
@@ -211,8 +211,8 @@ impl NeonBuild {
         Ok(())
     }
 
-    /// The build's `pg_waldump -p dir -s start -e end`, parsed (see [`Waldump`]).
-    pub fn waldump(&self, dir: &Path, start: Lsn, end: Lsn) -> anyhow::Result<Waldump> {
+    /// The build's `pg_waldump -p dir -s start -e end`, parsed.
+    pub fn waldump(&self, dir: &Path, start: Lsn, end: Lsn) -> anyhow::Result<ForkWaldump> {
         let out = self
             .client("pg_waldump")
             .arg("-p")
@@ -224,8 +224,10 @@ impl NeonBuild {
             .output()
             .context("running pg_waldump")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        Ok(Waldump {
-            records: stdout.lines().filter_map(parse_waldump_line).collect(),
+        let (records, ends) = stdout.lines().filter_map(parse_waldump17_line).unzip();
+        Ok(ForkWaldump {
+            records,
+            ends,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             success: out.status.success(),
         })
@@ -239,6 +241,28 @@ impl NeonBuild {
             .map(|v| v.trim_start_matches(':').trim().to_string())
             .with_context(|| format!("no {field:?} in pg_controldata's output"))
     }
+}
+
+/// What the build's (PostgreSQL 17) `pg_waldump` printed.
+#[derive(Debug, Clone)]
+pub struct ForkWaldump {
+    /// Every record line, in order.
+    pub records: Vec<WaldumpRecord>,
+    /// The end of each record (MAXALIGNed, as PostgreSQL 17 prints it), in the same order.
+    pub ends: Vec<Lsn>,
+    /// Its stderr.
+    pub stderr: String,
+    /// Whether it exited with status 0.
+    pub success: bool,
+}
+
+/// Parses a PostgreSQL 17 record line, which has `, end: X/X` between the LSN and `prev`
+/// (`… lsn: 0/01481B58, end: 0/01481BD0 prev 0/01481B10, desc: …`): the record and its end.
+pub fn parse_waldump17_line(line: &str) -> Option<(WaldumpRecord, Lsn)> {
+    let (head, rest) = line.split_once(", end: ")?;
+    let (end, tail) = rest.split_once(" prev ")?;
+    let record = parse_waldump_line(&format!("{head}, prev {tail}"))?;
+    Some((record, end.trim().parse().ok()?))
 }
 
 /// The settings of a compute that streams to safekeepers: the ones Neon's own test harness
@@ -574,7 +598,7 @@ pub fn wait_all_at(
 /// `pg_receivewal` (into `scratch/copy-<id>`), checks that the build's `pg_waldump`
 /// decodes every copy from `start` to `end` with no error, and that the copies are
 /// byte-identical over `[start, end)`. `end` must be every safekeeper's commit_lsn.
-/// Returns the records of the first copy.
+/// Returns what `pg_waldump` printed for the first copy.
 pub fn check_wal_copies(
     build: &NeonBuild,
     sks: &[Safekeeper],
@@ -582,9 +606,9 @@ pub fn check_wal_copies(
     start: Lsn,
     end: Lsn,
     scratch: &Path,
-) -> anyhow::Result<Waldump> {
+) -> anyhow::Result<ForkWaldump> {
     ensure!(end > start, "no WAL to compare: {start}..{end}");
-    let mut first: Option<(u64, Vec<u8>, Waldump)> = None;
+    let mut first: Option<(u64, Vec<u8>, ForkWaldump)> = None;
     for sk in sks {
         let dir = scratch.join(format!("copy-{}-{}", sk.id, end.0));
         build.receive_wal(sk, ttid, &dir, end)?;
@@ -595,14 +619,24 @@ pub fn check_wal_copies(
             sk.id,
             dump.stderr
         );
+        let last_end = dump.ends.last().copied();
         let last = dump
             .records
             .last()
-            .with_context(|| format!("no records in safekeeper {}'s copy", sk.id))?;
+            .with_context(|| {
+                format!(
+                    "no records in safekeeper {}'s copy ({}) {start}..{end}: {}",
+                    sk.id,
+                    dir.display(),
+                    dump.stderr
+                )
+            })?;
         ensure!(
-            last.lsn < end,
-            "safekeeper {}: pg_waldump went past {end}",
-            sk.id
+            last.lsn < end && last_end == Some(end),
+            "safekeeper {}: the last record decoded starts at {} and ends at {last_end:?}, \
+             not at {end}",
+            sk.id,
+            last.lsn
         );
         let bytes = wal_bytes(&dir, start, end)?;
         match &first {
@@ -662,4 +696,20 @@ fn give_tree(dir: &Path) -> anyhow::Result<()> {
         run(Command::new("chown").args(["-R", PG_OS_USER]).arg(dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pg17_waldump_lines() {
+        let line = "rmgr: XLOG        len (rec/tot):     30/    30, tx:          0, \
+                    lsn: 0/01481C08, end: 0/01481C28 prev 0/01481BD0, desc: NEXTOID 24576";
+        let (r, end) = parse_waldump17_line(line).unwrap();
+        assert_eq!((r.lsn, r.prev, end), (Lsn(0x1481C08), Lsn(0x1481BD0), Lsn(0x1481C28)));
+        assert_eq!((r.rmgr.as_str(), r.tot_len), ("XLOG", 30));
+        assert_eq!(r.desc, "NEXTOID 24576");
+        assert_eq!(parse_waldump17_line("pg_waldump: error: x"), None);
+    }
 }
