@@ -503,7 +503,11 @@ pub fn timeline_info(sk: &Safekeeper, ttid: &TenantTimelineId) -> anyhow::Result
         "/v1/tenant/{}/timeline/{}",
         ttid.tenant_id, ttid.timeline_id
     ))?;
-    ensure!(a.status == 200, "timeline status of safekeeper {}: {a:?}", sk.id);
+    ensure!(
+        a.status == 200,
+        "timeline status of safekeeper {}: {a:?}",
+        sk.id
+    );
     Ok(a.json())
 }
 
@@ -620,17 +624,14 @@ pub fn check_wal_copies(
             dump.stderr
         );
         let last_end = dump.ends.last().copied();
-        let last = dump
-            .records
-            .last()
-            .with_context(|| {
-                format!(
-                    "no records in safekeeper {}'s copy ({}) {start}..{end}: {}",
-                    sk.id,
-                    dir.display(),
-                    dump.stderr
-                )
-            })?;
+        let last = dump.records.last().with_context(|| {
+            format!(
+                "no records in safekeeper {}'s copy ({}) {start}..{end}: {}",
+                sk.id,
+                dir.display(),
+                dump.stderr
+            )
+        })?;
         ensure!(
             last.lsn < end && last_end == Some(end),
             "safekeeper {}: the last record decoded starts at {} and ends at {last_end:?}, \
@@ -707,7 +708,10 @@ mod tests {
         let line = "rmgr: XLOG        len (rec/tot):     30/    30, tx:          0, \
                     lsn: 0/01481C08, end: 0/01481C28 prev 0/01481BD0, desc: NEXTOID 24576";
         let (r, end) = parse_waldump17_line(line).unwrap();
-        assert_eq!((r.lsn, r.prev, end), (Lsn(0x1481C08), Lsn(0x1481BD0), Lsn(0x1481C28)));
+        assert_eq!(
+            (r.lsn, r.prev, end),
+            (Lsn(0x1481C08), Lsn(0x1481BD0), Lsn(0x1481C28))
+        );
         assert_eq!((r.rmgr.as_str(), r.tot_len), ("XLOG", 30));
         assert_eq!(r.desc, "NEXTOID 24576");
         assert_eq!(parse_waldump17_line("pg_waldump: error: x"), None);

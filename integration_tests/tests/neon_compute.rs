@@ -21,7 +21,8 @@ use serde_json::json;
 use utils::{TenantId, TenantTimelineId, TimelineId};
 
 #[test]
-fn a_neon_compute_with_a_generation_streams_through_three_safekeepers_one_killed_mid_run() -> anyhow::Result<()> {
+fn a_neon_compute_with_a_generation_streams_through_three_safekeepers_one_killed_mid_run()
+-> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("neon-").tempdir()?;
     let Some(build) = NeonBuild::from_env(scratch.path())? else {
         return Ok(());

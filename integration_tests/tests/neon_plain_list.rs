@@ -35,8 +35,7 @@ fn plain_list_with_a_kill(proto_version: u32) -> anyhow::Result<()> {
     let mut sks = start_safekeepers(scratch.path(), 3, &[])?;
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
     let data = build.initdb(&scratch.path().join("pgdata"))?;
-    let settings =
-        ComputeSettings::plain(ttid, &pg_ports(&sks)).with_proto_version(proto_version);
+    let settings = ComputeSettings::plain(ttid, &pg_ports(&sks)).with_proto_version(proto_version);
     let compute = NeonCompute::start(&build, &data, &settings, scratch.path())?;
     let result = (|| -> anyhow::Result<()> {
         compute.pgbench(&["-i", "-s", "2", "-q"])?;

@@ -20,8 +20,8 @@
 use anyhow::{Context, ensure};
 use bytes::{Bytes, BytesMut};
 use integration_tests::neon::{
-    ComputeSettings, NeonBuild, NeonCompute, SEG, check_wal_copies, pg_ports,
-    start_safekeepers, timeline_info, wait_all_at, wait_all_at_compute_flush,
+    ComputeSettings, NeonBuild, NeonCompute, SEG, check_wal_copies, pg_ports, start_safekeepers,
+    timeline_info, wait_all_at, wait_all_at_compute_flush,
 };
 use integration_tests::sk::Safekeeper;
 use integration_tests::test_proposer::{Cluster, TestProposer};
@@ -48,7 +48,10 @@ fn on_an_empty_timeline_it_prints_0_0_and_a_compute_then_commits() -> anyhow::Re
     data.append_conf(&settings.conf_lines())?;
 
     let (lsn, log) = build.sync_safekeepers(&data)?;
-    ensure!(lsn == Lsn(0), "sync on an empty timeline printed {lsn}; log:\n{log}");
+    ensure!(
+        lsn == Lsn(0),
+        "sync on an empty timeline printed {lsn}; log:\n{log}"
+    );
     // Again: still nothing to agree on.
     let (lsn, log) = build.sync_safekeepers(&data)?;
     ensure!(lsn == Lsn(0), "second sync printed {lsn}; log:\n{log}");
@@ -122,7 +125,10 @@ fn a_lagging_member_is_caught_up_by_the_computes_own_donor_fetch() -> anyhow::Re
 
     let (lsn, log) = build.sync_safekeepers(&data)?;
     // At least the compute's WAL before its shutdown checkpoint; the checkpoint too.
-    ensure!(lsn >= written, "sync printed {lsn}, below the compute's {written}; log:\n{log}");
+    ensure!(
+        lsn >= written,
+        "sync printed {lsn}, below the compute's {written}; log:\n{log}"
+    );
     let st = wait_all_at(&sks, &ttid, lsn).with_context(|| format!("sync log:\n{log}"))?;
     same_term_history(&sks, &ttid)?;
     check_wal_copies(
@@ -182,7 +188,10 @@ fn a_divergent_uncommitted_tail_of_an_older_term_is_cut_and_replaced() -> anyhow
     let (old_end, new_end) = rt.block_on(async {
         let old = Term(t.0 + 1);
         let mut p1 = connect(&sks[0], ttid, cluster).await?;
-        ensure!(p1.vote(old).await?.vote_given, "member 1 refused term {old}");
+        ensure!(
+            p1.vote(old).await?.vote_given,
+            "member 1 refused term {old}"
+        );
         drop(p1);
         let mut p3 = connect(&sks[2], ttid, cluster).await?;
         let old_end = elect_and_write(&mut p3, old, l1, prev, cluster, "older", 40).await?;
