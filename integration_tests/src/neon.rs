@@ -3,17 +3,48 @@
 //! `.tar.zst` or an unpacked directory holding `bin/postgres`), making a data directory
 //! ([`NeonBuild::initdb`]) and running a compute pointed at safekeepers ([`NeonCompute`]).
 //!
+//! Also the checks the Neon tests share: the compute's own `postgres --sync-safekeepers`
+//! ([`NeonBuild::sync_safekeepers`]), pgbench with a safekeeper killed mid-run
+//! ([`pgbench_with_a_kill`]), waiting for every safekeeper to reach the compute's flush
+//! position ([`wait_all_at_compute_flush`]), and reading a timeline back from each
+//! safekeeper with the build's `pg_receivewal`, decoding it with its `pg_waldump` and
+//! comparing the copies byte for byte ([`check_wal_copies`]).
+//!
 //! Owns: the unpacked build and the compute's data directory, in the caller's scratch
 //! directory. Must never: leave a compute running (stopped, immediately, on drop).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
+use serde_json::Value;
+use utils::xlog::xlog_file_name;
 use utils::{Lsn, TenantTimelineId};
 
+use crate::http::Api;
 use crate::pg::free_port;
-use crate::pg_tools::{PG_OS_USER, give_to_pg_user, run, running_as_root, server_command_in};
+use crate::pg_tools::{
+    PG_OS_USER, WaldumpRecord, describe, give_to_pg_user, parse_waldump_line, run, running_as_root,
+    server_command_in,
+};
+use crate::sk::{Safekeeper, TimelineStatus};
+use crate::standby::output_within;
+
+/// The variable setting how long pgbench runs in the Neon tests (seconds).
+pub const PGBENCH_SECONDS_VAR: &str = "SK_NEON_PGBENCH_SECONDS";
+
+/// Seconds of pgbench in the Neon tests: `SK_NEON_PGBENCH_SECONDS`, default 10.
+pub fn pgbench_seconds() -> u64 {
+    std::env::var(PGBENCH_SECONDS_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(10)
+}
+
+/// WAL segment size of the compute's clusters (initdb's default).
+pub const SEG: u32 = 16 * 1024 * 1024;
 
 /// The variable naming the build.
 pub const DIST_VAR: &str = "NEON_COMPUTE_DIST";
@@ -102,6 +133,106 @@ impl NeonBuild {
         })
     }
 
+    /// `postgres --sync-safekeepers` on `data` (its `postgresql.conf` must already hold the
+    /// safekeeper settings, see [`NeonDataDir::append_conf`]; the compute must not be
+    /// running): the election and recovery alone. Returns the LSN it printed, and its
+    /// stderr (the walproposer's log). Fails if it does not exit 0 within 120 s.
+    pub fn sync_safekeepers(&self, data: &NeonDataDir) -> anyhow::Result<(Lsn, String)> {
+        let mut cmd = self.server("postgres");
+        cmd.arg("--sync-safekeepers")
+            .arg("-D")
+            .arg(&data.pgdata)
+            .env("PGDATA", &data.pgdata);
+        let what = describe(&cmd);
+        let out = output_within(&mut cmd, Duration::from_secs(120))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            out.status.success(),
+            "{what} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            out.status
+        );
+        let line = stdout
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .with_context(|| format!("{what} printed nothing; stderr: {stderr}"))?;
+        let lsn = line
+            .parse()
+            .with_context(|| format!("{what} printed {line:?}, not an LSN; stderr: {stderr}"))?;
+        Ok((lsn, stderr))
+    }
+
+    /// Copies the timeline `ttid` from `sk` with the build's `pg_receivewal` into `dir`
+    /// (created), from the timeline's first segment (a slot name makes it ask
+    /// `READ_REPLICATION_SLOT`) up to `end`, which must be the safekeeper's commit_lsn or
+    /// below it. The last segment (`.partial`, zero-padded to full size by `pg_receivewal`)
+    /// gets its full name, so that `pg_waldump` finds it.
+    pub fn receive_wal(
+        &self,
+        sk: &Safekeeper,
+        ttid: &TenantTimelineId,
+        dir: &Path,
+        end: Lsn,
+    ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = self.client("pg_receivewal");
+        cmd.arg("-d")
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres sslmode=disable \
+                 options='-c tenant_id={} timeline_id={}'",
+                sk.pg_port, ttid.tenant_id, ttid.timeline_id
+            ))
+            .arg("-D")
+            .arg(dir)
+            .arg("--slot=copy")
+            // It stops once it received WAL beyond --endpos.
+            .arg(format!("--endpos={}", Lsn(end.0 - 1)))
+            .args(["--no-loop", "--no-sync", "--no-password"]);
+        let out = output_within(&mut cmd, Duration::from_secs(120))?;
+        ensure!(
+            out.status.success(),
+            "pg_receivewal from safekeeper {} failed ({}): {}",
+            sk.id,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if let Some(full) = path
+                .to_str()
+                .and_then(|p| p.strip_suffix(".partial"))
+                .map(PathBuf::from)
+            {
+                std::fs::rename(&path, full)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The build's `pg_waldump -p dir -s start -e end`, parsed.
+    pub fn waldump(&self, dir: &Path, start: Lsn, end: Lsn) -> anyhow::Result<ForkWaldump> {
+        let out = self
+            .client("pg_waldump")
+            .arg("-p")
+            .arg(dir)
+            .arg("-s")
+            .arg(start.to_string())
+            .arg("-e")
+            .arg(end.to_string())
+            .output()
+            .context("running pg_waldump")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (records, ends) = stdout.lines().filter_map(parse_waldump17_line).unzip();
+        Ok(ForkWaldump {
+            records,
+            ends,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        })
+    }
+
     /// One field of `pg_controldata PGDATA`.
     pub fn controldata_field(&self, pgdata: &Path, field: &str) -> anyhow::Result<String> {
         let out = run(self.server("pg_controldata").arg(pgdata))?;
@@ -110,6 +241,28 @@ impl NeonBuild {
             .map(|v| v.trim_start_matches(':').trim().to_string())
             .with_context(|| format!("no {field:?} in pg_controldata's output"))
     }
+}
+
+/// What the build's (PostgreSQL 17) `pg_waldump` printed.
+#[derive(Debug, Clone)]
+pub struct ForkWaldump {
+    /// Every record line, in order.
+    pub records: Vec<WaldumpRecord>,
+    /// The end of each record (MAXALIGNed, as PostgreSQL 17 prints it), in the same order.
+    pub ends: Vec<Lsn>,
+    /// Its stderr.
+    pub stderr: String,
+    /// Whether it exited with status 0.
+    pub success: bool,
+}
+
+/// Parses a PostgreSQL 17 record line, which has `, end: X/X` between the LSN and `prev`
+/// (`… lsn: 0/01481B58, end: 0/01481BD0 prev 0/01481B10, desc: …`): the record and its end.
+pub fn parse_waldump17_line(line: &str) -> Option<(WaldumpRecord, Lsn)> {
+    let (head, rest) = line.split_once(", end: ")?;
+    let (end, tail) = rest.split_once(" prev ")?;
+    let record = parse_waldump_line(&format!("{head}, prev {tail}"))?;
+    Some((record, end.trim().parse().ok()?))
 }
 
 /// The settings of a compute that streams to safekeepers: the ones Neon's own test harness
@@ -125,6 +278,19 @@ pub struct ComputeSettings {
     pub proto_version: u32,
     /// More `postgresql.conf` lines.
     pub extra: Vec<String>,
+}
+
+impl NeonDataDir {
+    /// Appends `lines` to `postgresql.conf` (later lines win over earlier ones).
+    pub fn append_conf(&self, lines: &[String]) -> anyhow::Result<()> {
+        let conf_path = self.pgdata.join("postgresql.conf");
+        let mut all = std::fs::read_to_string(&conf_path)?;
+        all.push('\n');
+        all.push_str(&lines.join("\n"));
+        all.push('\n');
+        std::fs::write(&conf_path, all)?;
+        Ok(())
+    }
 }
 
 impl ComputeSettings {
@@ -147,6 +313,14 @@ impl ComputeSettings {
         ComputeSettings {
             safekeepers: format!("g#{generation}:{}", list(pg_ports)),
             ..ComputeSettings::plain(ttid, pg_ports)
+        }
+    }
+
+    /// The same with `neon.safekeeper_proto_version = version`.
+    pub fn with_proto_version(self, version: u32) -> ComputeSettings {
+        ComputeSettings {
+            proto_version: version,
+            ..self
         }
     }
 
@@ -206,12 +380,7 @@ impl NeonCompute {
         let mut lines = settings.conf_lines();
         lines.push(format!("port = {port}"));
         lines.push(format!("unix_socket_directories = '{}'", scratch.display()));
-        let conf_path = data.pgdata.join("postgresql.conf");
-        let mut all = std::fs::read_to_string(&conf_path)?;
-        all.push('\n');
-        all.push_str(&lines.join("\n"));
-        all.push('\n');
-        std::fs::write(&conf_path, all)?;
+        data.append_conf(&lines)?;
         let log = scratch.join(format!("compute-{port}.log"));
         std::fs::write(&log, "")?;
         give_to_pg_user(&log)?;
@@ -311,6 +480,205 @@ impl Drop for NeonCompute {
     }
 }
 
+/// Starts safekeepers 1..=n with data in `scratch/sk<id>` and `extra` flags.
+pub fn start_safekeepers(
+    scratch: &Path,
+    n: u64,
+    extra: &[&str],
+) -> anyhow::Result<Vec<Safekeeper>> {
+    (1..=n)
+        .map(|i| Safekeeper::start_with_args(i, &scratch.join(format!("sk{i}")), false, extra))
+        .collect()
+}
+
+/// The pg ports of `sks`, in order.
+pub fn pg_ports(sks: &[Safekeeper]) -> Vec<u16> {
+    sks.iter().map(|sk| sk.pg_port).collect()
+}
+
+/// `GET /v1/tenant/{t}/timeline/{tl}` on `sk` (must answer 200): the timeline's status with
+/// its term history (`term_history`), `pg_version` and positions.
+pub fn timeline_info(sk: &Safekeeper, ttid: &TenantTimelineId) -> anyhow::Result<Value> {
+    let a = Api::new(sk.http_port).get(&format!(
+        "/v1/tenant/{}/timeline/{}",
+        ttid.tenant_id, ttid.timeline_id
+    ))?;
+    ensure!(
+        a.status == 200,
+        "timeline status of safekeeper {}: {a:?}",
+        sk.id
+    );
+    Ok(a.json())
+}
+
+/// Runs `pgbench -c 4 -j 2 -T seconds` on `compute` while SIGKILLing `victim` a third of
+/// the way in and restarting it (on the same ports, which the compute remembers) at two
+/// thirds; fails unless pgbench reports `number of failed transactions: 0`. Returns
+/// pgbench's output.
+pub fn pgbench_with_a_kill(
+    compute: &NeonCompute,
+    victim: &mut Safekeeper,
+    seconds: u64,
+) -> anyhow::Result<String> {
+    let third = Duration::from_millis(seconds * 1000 / 3);
+    let t = seconds.to_string();
+    let (out, killed) = std::thread::scope(|s| {
+        let bench = s.spawn(|| compute.pgbench(&["-c", "4", "-j", "2", "-T", &t]));
+        let killed = (|| -> anyhow::Result<()> {
+            std::thread::sleep(third);
+            victim.kill()?;
+            std::thread::sleep(third);
+            victim.restart_same_ports()
+        })();
+        let out = bench
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the pgbench thread panicked")));
+        (out, killed)
+    });
+    killed.with_context(|| format!("killing and restarting safekeeper {}", victim.id))?;
+    let out = out?;
+    ensure!(
+        out.contains("number of failed transactions: 0"),
+        "pgbench with safekeeper {} killed mid-run: {out}",
+        victim.id
+    );
+    Ok(out)
+}
+
+/// Waits (up to 120 s) until every safekeeper's flush_lsn and commit_lsn equal the running
+/// compute's flush position (the same before and after the statuses were read, so that the
+/// compute wrote nothing meanwhile). Returns that position and the statuses.
+pub fn wait_all_at_compute_flush(
+    compute: &NeonCompute,
+    sks: &[Safekeeper],
+    ttid: &TenantTimelineId,
+) -> anyhow::Result<(Lsn, Vec<TimelineStatus>)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let before = compute.flush_lsn()?;
+        let st: Vec<TimelineStatus> = sks
+            .iter()
+            .map(|sk| sk.timeline_status(ttid))
+            .collect::<anyhow::Result<_>>()?;
+        let after = compute.flush_lsn()?;
+        if before == after
+            && st
+                .iter()
+                .all(|s| s.flush_lsn == after && s.commit_lsn == after)
+        {
+            return Ok((after, st));
+        }
+        if Instant::now() > deadline {
+            bail!("the safekeepers did not reach the compute's flush position {after}: {st:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (up to 120 s) until every safekeeper's flush_lsn and commit_lsn equal `lsn`;
+/// returns the statuses.
+pub fn wait_all_at(
+    sks: &[Safekeeper],
+    ttid: &TenantTimelineId,
+    lsn: Lsn,
+) -> anyhow::Result<Vec<TimelineStatus>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st: Vec<TimelineStatus> = sks
+            .iter()
+            .map(|sk| sk.timeline_status(ttid))
+            .collect::<anyhow::Result<_>>()?;
+        if st.iter().all(|s| s.flush_lsn == lsn && s.commit_lsn == lsn) {
+            return Ok(st);
+        }
+        if Instant::now() > deadline {
+            bail!("the safekeepers did not reach {lsn}: {st:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads the timeline `[start, end)` back from every safekeeper with the build's
+/// `pg_receivewal` (into `scratch/copy-<id>`), checks that the build's `pg_waldump`
+/// decodes every copy from `start` to `end` with no error, and that the copies are
+/// byte-identical over `[start, end)`. `end` must be every safekeeper's commit_lsn.
+/// Returns what `pg_waldump` printed for the first copy.
+pub fn check_wal_copies(
+    build: &NeonBuild,
+    sks: &[Safekeeper],
+    ttid: &TenantTimelineId,
+    start: Lsn,
+    end: Lsn,
+    scratch: &Path,
+) -> anyhow::Result<ForkWaldump> {
+    ensure!(end > start, "no WAL to compare: {start}..{end}");
+    let mut first: Option<(u64, Vec<u8>, ForkWaldump)> = None;
+    for sk in sks {
+        let dir = scratch.join(format!("copy-{}-{}", sk.id, end.0));
+        build.receive_wal(sk, ttid, &dir, end)?;
+        let dump = build.waldump(&dir, start, end)?;
+        ensure!(
+            dump.success && !dump.stderr.contains("error"),
+            "pg_waldump of safekeeper {}'s copy {start}..{end}: {}",
+            sk.id,
+            dump.stderr
+        );
+        let last_end = dump.ends.last().copied();
+        let last = dump.records.last().with_context(|| {
+            format!(
+                "no records in safekeeper {}'s copy ({}) {start}..{end}: {}",
+                sk.id,
+                dir.display(),
+                dump.stderr
+            )
+        })?;
+        ensure!(
+            last.lsn < end && last_end == Some(end),
+            "safekeeper {}: the last record decoded starts at {} and ends at {last_end:?}, \
+             not at {end}",
+            sk.id,
+            last.lsn
+        );
+        let bytes = wal_bytes(&dir, start, end)?;
+        match &first {
+            None => first = Some((sk.id, bytes, dump)),
+            Some((id, b, _)) => {
+                if let Some(at) = b.iter().zip(&bytes).position(|(x, y)| x != y) {
+                    bail!(
+                        "safekeepers {id} and {} differ at {}",
+                        sk.id,
+                        Lsn(start.0 + at as u64)
+                    );
+                }
+            }
+        }
+    }
+    Ok(first.context("no safekeepers")?.2)
+}
+
+/// The bytes `[from, to)` of the WAL segment files (`NAME` or `NAME.partial`) in `dir`.
+pub fn wal_bytes(dir: &Path, from: Lsn, to: Lsn) -> anyhow::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::with_capacity(to.0.saturating_sub(from.0) as usize);
+    let mut pos = from;
+    while pos < to {
+        let name = xlog_file_name(1, pos.segment_number(SEG), SEG);
+        let path = [name.clone(), format!("{name}.partial")]
+            .into_iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.exists())
+            .with_context(|| format!("no segment {name} in {}", dir.display()))?;
+        let n = (to.0 - pos.0).min(pos.remaining_in_segment(SEG)) as usize;
+        let mut buf = vec![0; n];
+        std::fs::File::open(&path)?
+            .read_exact_at(&mut buf, pos.segment_offset(SEG) as u64)
+            .with_context(|| format!("reading {} at {pos}", path.display()))?;
+        out.extend_from_slice(&buf);
+        pos = Lsn(pos.0 + n as u64);
+    }
+    Ok(out)
+}
+
 /// `dir` or one of its subdirectories holding `bin/postgres`.
 fn find_root(dir: &Path) -> Option<PathBuf> {
     if dir.join("bin/postgres").exists() {
@@ -329,4 +697,23 @@ fn give_tree(dir: &Path) -> anyhow::Result<()> {
         run(Command::new("chown").args(["-R", PG_OS_USER]).arg(dir))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pg17_waldump_lines() {
+        let line = "rmgr: XLOG        len (rec/tot):     30/    30, tx:          0, \
+                    lsn: 0/01481C08, end: 0/01481C28 prev 0/01481BD0, desc: NEXTOID 24576";
+        let (r, end) = parse_waldump17_line(line).unwrap();
+        assert_eq!(
+            (r.lsn, r.prev, end),
+            (Lsn(0x1481C08), Lsn(0x1481BD0), Lsn(0x1481C28))
+        );
+        assert_eq!((r.rmgr.as_str(), r.tot_len), ("XLOG", 30));
+        assert_eq!(r.desc, "NEXTOID 24576");
+        assert_eq!(parse_waldump17_line("pg_waldump: error: x"), None);
+    }
 }

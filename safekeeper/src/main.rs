@@ -104,7 +104,15 @@ struct Args {
     peer_status_interval: u64,
     /// Fetch WAL a timeline lacks from a peer in the same term while no proposer streams
     /// to it (needs --peer-status-interval): on or off.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    // `Set`: a bool field otherwise gets clap's flag action (no value taken), and then
+    // neither `--peer-recovery off` nor `--peer-recovery=off` parses.
+    #[arg(
+        long,
+        value_name = "on|off",
+        default_value = "on",
+        value_parser = parse_on_off,
+        action = clap::ArgAction::Set
+    )]
     peer_recovery: bool,
     /// Offload WAL to this object store and remove local segments once offloaded:
     /// file:///ABSOLUTE/DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or
@@ -406,4 +414,23 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["safekeeper", "--id", "1"].iter().chain(extra))
+    }
+
+    #[test]
+    fn peer_recovery_takes_on_or_off() {
+        assert!(parse(&[]).unwrap().peer_recovery);
+        assert!(parse(&["--peer-recovery", "on"]).unwrap().peer_recovery);
+        assert!(!parse(&["--peer-recovery", "off"]).unwrap().peer_recovery);
+        assert!(!parse(&["--peer-recovery=off"]).unwrap().peer_recovery);
+        assert!(parse(&["--peer-recovery", "maybe"]).is_err());
+        assert!(parse(&["--peer-recovery"]).is_err());
+    }
 }
