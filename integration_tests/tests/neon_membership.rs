@@ -7,22 +7,26 @@
 //!    `postgresql.conf`, reload: the walproposer restarts itself on a changed list);
 //! 2. `PUT …/membership` generation 2, members {1,2,3}, new_members {1,2,4}, on the old set;
 //!    the highest (last_log_term, flush_lsn) of the answers is the sync position (nothing
-//!    after it commits without a majority of the new set);
-//! 3. `POST /v1/pull_timeline` onto 4 from the old set;
+//!    after it commits without a majority of the new set); the compute, refused in
+//!    generation 1, learns generation 2 from the greetings and restarts its walproposer;
+//! 3. `POST /v1/pull_timeline` onto 4 from the old set (the compute then reaches 4, which
+//!    is in its list, and streams to it);
 //! 4. `POST …/term_bump` on the new set to the old set's highest term;
 //! 5. the same joint `PUT` on the new set, repeated until a majority of it reached the sync
 //!    position;
 //! 6. `PUT` generation 3, members {1,2,4}, on all four (there is no `exclude` route: 3 keeps
-//!    the timeline and refuses votes and appends);
+//!    the timeline and refuses votes and appends); the compute restarts into generation 3;
 //! 7. the compute is pointed at `g#3:1,2,4` (reload).
 //!
-//! No transaction fails; the longest commit stall (the longest pgbench transaction and the
-//! longest gap between transaction completions, from pgbench's per-transaction log) is
-//! printed, not asserted. Afterwards 1, 2 and 4 end at the compute's flush position with
-//! byte-identical WAL, all four are at generation 3, and 3 refuses appends.
+//! After each step that moves the compute, the test waits until its walproposer was elected
+//! again and committed, so every step meets a live compute. No transaction fails; the
+//! longest commit stall (the longest pgbench transaction and the longest gap between
+//! transaction completions, from pgbench's per-transaction log) and the walproposer's
+//! restarts are printed, not asserted. Afterwards 1, 2 and 4 end at the compute's flush
+//! position with byte-identical WAL, all four are at generation 3, and 3 refuses appends.
 //!
 //! The build comes from `NEON_COMPUTE_DIST` (see [`integration_tests::neon`]); without it the
-//! test prints one line naming the variable and passes. `NEON_MEMBERSHIP_SECONDS` (default 3)
+//! test prints one line naming the variable and passes. `NEON_MEMBERSHIP_SECONDS` (default 5)
 //! sets how long pgbench runs before the change starts and after it ends.
 
 use std::path::Path;
@@ -167,7 +171,10 @@ fn stalls(logs: &Path) -> anyhow::Result<(usize, usize, Duration, Duration)> {
                 continue;
             };
             match lat.parse::<u64>() {
-                Ok(lat) => runs.entry(run.clone()).or_default().push((s * 1_000_000 + us, lat)),
+                Ok(lat) => runs
+                    .entry(run.clone())
+                    .or_default()
+                    .push((s * 1_000_000 + us, lat)),
                 Err(_) => failed += 1,
             }
         }
@@ -194,10 +201,43 @@ fn wait_for(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyh
         match check() {
             Ok(true) => return Ok(()),
             Ok(false) if Instant::now() > deadline => bail!("timed out waiting for {what}"),
-            Err(e) if Instant::now() > deadline => return Err(e.context(format!("waiting for {what}"))),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("waiting for {what}")));
+            }
             _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// Waits until the compute's walproposer was elected again after `before` (its term on
+/// safekeeper `sk` rose: every walproposer start is an election) and then committed past
+/// the compute's flush position at that point: the step before took effect on the compute.
+fn wait_reelected(
+    compute: &NeonCompute,
+    sk: &Safekeeper,
+    ttid: &TenantTimelineId,
+    before: u64,
+    what: &str,
+) -> anyhow::Result<u64> {
+    let mut term = before;
+    wait_for(&format!("a new election after {what}"), || {
+        term = status(sk, ttid)?["term"].as_u64().context("term")?;
+        Ok(term > before)
+    })?;
+    let flush = compute.flush_lsn()?;
+    wait_for(&format!("commits after {what}"), || {
+        let st = status(sk, ttid)?;
+        Ok(st["commit_lsn"]
+            .as_str()
+            .context("commit_lsn")?
+            .parse::<Lsn>()?
+            >= flush)
+    })?;
+    Ok(term)
+}
+
+fn term_of(sk: &Safekeeper, ttid: &TenantTimelineId) -> anyhow::Result<u64> {
+    status(sk, ttid)?["term"].as_u64().context("term")
 }
 
 #[test]
@@ -209,7 +249,7 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
     let extra: u64 = std::env::var("NEON_MEMBERSHIP_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let sks: Vec<Safekeeper> = (1..=4)
         .map(|i| Safekeeper::start(i, &scratch.path().join(format!("sk{i}")), false))
         .collect::<anyhow::Result<_>>()?;
@@ -249,26 +289,26 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
         let t0 = Instant::now();
         let change = (|| -> anyhow::Result<(u64, Lsn)> {
             // 1. The compute learns the joint set first.
+            let term = term_of(&sks[0], &ttid)?;
             point_compute_at(&compute, &data, 2, &union)?;
+            let term = wait_reelected(&compute, &sks[0], &ttid, term, "g#2")?;
             // 2. The joint configuration on the old set; the sync position.
             let joint = json!({
                 "generation": 2,
                 "members": member_set(&old),
                 "new_members": member_set(&new),
             });
-            let mut sync = (0, Lsn(0));
+            // The answers carry no term: each one's is read right after its switch (the
+            // compute may be elected again, in a higher term, at any moment from then on).
+            let (mut sync, mut sync_term) = ((0, Lsn(0)), 0);
             for sk in &old {
                 let a = put_membership(sk, &ttid, &joint)?;
                 ensure!(a["current_conf"] == joint, "{a}");
                 sync = sync.max(position(&a)?);
+                sync_term = sync_term.max(term_of(sk, &ttid)?);
             }
-            let sync_term = old
-                .iter()
-                .map(|sk| Ok(status(sk, &ttid)?["term"].as_u64().context("term")?))
-                .collect::<anyhow::Result<Vec<u64>>>()?
-                .into_iter()
-                .max()
-                .unwrap_or(0);
+            // The compute, refused in generation 1, restarts and is elected in 2.
+            let term = wait_reelected(&compute, &sks[0], &ttid, term, "the joint PUT")?;
             println!("sync position {sync:?}, sync term {sync_term}");
             // 3. The timeline onto 4, from the old set.
             let hosts: Vec<String> = old
@@ -293,6 +333,11 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
                 )?;
                 ensure!(a.status == 200, "term_bump on {}: {a:?}", sk.id);
             }
+            // The compute reaches 4 (it is in its list) and streams to it.
+            let flush = compute.flush_lsn()?;
+            wait_for("the compute streaming to 4", || {
+                Ok(position(&status(&sks[3], &ttid)?)?.1 >= flush)
+            })?;
             // 5. The joint configuration on the new set until a majority of it is there.
             wait_for("a majority of the new set at the sync position", || {
                 let mut there = 0;
@@ -309,8 +354,10 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
                 let a = put_membership(sk, &ttid, &last)?;
                 ensure!(a["current_conf"] == last, "{a}");
             }
+            let term = wait_reelected(&compute, &sks[0], &ttid, term, "the final PUT")?;
             // 7. The compute onto the new set.
             point_compute_at(&compute, &data, 3, &new)?;
+            wait_reelected(&compute, &sks[0], &ttid, term, "g#3")?;
             Ok(sync)
         })();
         let took = t0.elapsed();
@@ -323,10 +370,15 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
         }
         let (n, failed, longest, gap) = stalls(&logs)?;
         ensure!(failed == 0 && n > 0, "{n} transactions, {failed} failed");
+        let restarts = compute
+            .log_tail(usize::MAX)
+            .lines()
+            .filter(|l| l.contains("FATAL:  [WP] restarting"))
+            .count();
         println!(
             "membership change {{1,2,3}} -> {{1,2,4}} took {took:?} under pgbench: {n} \
              transactions in {} runs, 0 failed; longest transaction {longest:?}, longest gap \
-             between completions {gap:?}",
+             between completions {gap:?}; the walproposer restarted {restarts} times",
             summaries.len()
         );
 
@@ -337,7 +389,11 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
             for sk in &new {
                 let st = status(sk, &ttid)?;
                 ok &= position(&st)?.1 >= flush
-                    && st["commit_lsn"].as_str().context("commit_lsn")?.parse::<Lsn>()? >= flush;
+                    && st["commit_lsn"]
+                        .as_str()
+                        .context("commit_lsn")?
+                        .parse::<Lsn>()?
+                        >= flush;
             }
             Ok(ok)
         })?;
