@@ -240,8 +240,32 @@ fn term_of(sk: &Safekeeper, ttid: &TenantTimelineId) -> anyhow::Result<u64> {
     status(sk, ttid)?["term"].as_u64().context("term")
 }
 
+/// Steps 1 to 7 of the module documentation, in the controller's order.
 #[test]
 fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
+    change_members(Order::Controller)
+}
+
+/// The other order: 4 pulled first, the joint configuration on all four at once, the
+/// compute told only of the final set (`g#3:1,2,4`) at the end. In the joint configuration
+/// the compute reaches only 1, 2 and 3 (a majority of each set); 4 stays where the pull
+/// left it until the compute is pointed at it, then catches up from the compute.
+#[test]
+fn a_neon_compute_under_pgbench_moves_with_the_pull_first() -> anyhow::Result<()> {
+    change_members(Order::PullFirst)
+}
+
+/// The order of the steps.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Order {
+    /// As Neon's storage controller: compute told of the union first, joint configuration
+    /// on the old set, pull, joint configuration on the new set.
+    Controller,
+    /// Pull first, joint configuration on all four, compute told of the final set only.
+    PullFirst,
+}
+
+fn change_members(order: Order) -> anyhow::Result<()> {
     let scratch = tempfile::Builder::new().prefix("neon-mem-").tempdir()?;
     let Some(build) = NeonBuild::from_env(scratch.path())? else {
         return Ok(());
@@ -288,10 +312,31 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(extra));
         let t0 = Instant::now();
         let change = (|| -> anyhow::Result<(u64, Lsn)> {
-            // 1. The compute learns the joint set first.
-            let term = term_of(&sks[0], &ttid)?;
-            point_compute_at(&compute, &data, 2, &union)?;
-            let term = wait_reelected(&compute, &sks[0], &ttid, term, "g#2")?;
+            let pull = || -> anyhow::Result<()> {
+                let hosts: Vec<String> = old
+                    .iter()
+                    .map(|sk| format!("http://127.0.0.1:{}", sk.http_port))
+                    .collect();
+                let a = Api::new(sks[3].http_port).post_json(
+                    "/v1/pull_timeline",
+                    &json!({
+                        "tenant_id": ttid.tenant_id.to_string(),
+                        "timeline_id": ttid.timeline_id.to_string(),
+                        "http_hosts": hosts,
+                    }),
+                )?;
+                ensure!(a.status == 200, "pull_timeline: {a:?}");
+                println!("pulled: {}", a.body);
+                Ok(())
+            };
+            let mut term = term_of(&sks[0], &ttid)?;
+            if order == Order::PullFirst {
+                pull()?;
+            } else {
+                // 1. The compute learns the joint set first.
+                point_compute_at(&compute, &data, 2, &union)?;
+                term = wait_reelected(&compute, &sks[0], &ttid, term, "g#2")?;
+            }
             // 2. The joint configuration on the old set; the sync position.
             let joint = json!({
                 "generation": 2,
@@ -307,24 +352,16 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
                 sync = sync.max(position(&a)?);
                 sync_term = sync_term.max(term_of(sk, &ttid)?);
             }
+            if order == Order::PullFirst {
+                put_membership(&sks[3], &ttid, &joint)?;
+            }
             // The compute, refused in generation 1, restarts and is elected in 2.
             let term = wait_reelected(&compute, &sks[0], &ttid, term, "the joint PUT")?;
             println!("sync position {sync:?}, sync term {sync_term}");
             // 3. The timeline onto 4, from the old set.
-            let hosts: Vec<String> = old
-                .iter()
-                .map(|sk| format!("http://127.0.0.1:{}", sk.http_port))
-                .collect();
-            let a = Api::new(sks[3].http_port).post_json(
-                "/v1/pull_timeline",
-                &json!({
-                    "tenant_id": ttid.tenant_id.to_string(),
-                    "timeline_id": ttid.timeline_id.to_string(),
-                    "http_hosts": hosts,
-                }),
-            )?;
-            ensure!(a.status == 200, "pull_timeline: {a:?}");
-            println!("pulled: {}", a.body);
+            if order == Order::Controller {
+                pull()?;
+            }
             // 4. The new set's term up to the old set's.
             for sk in &new {
                 let a = Api::new(sk.http_port).post_json(
@@ -333,11 +370,13 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
                 )?;
                 ensure!(a.status == 200, "term_bump on {}: {a:?}", sk.id);
             }
-            // The compute reaches 4 (it is in its list) and streams to it.
-            let flush = compute.flush_lsn()?;
-            wait_for("the compute streaming to 4", || {
-                Ok(position(&status(&sks[3], &ttid)?)?.1 >= flush)
-            })?;
+            if order == Order::Controller {
+                // The compute reaches 4 (it is in its list) and streams to it.
+                let flush = compute.flush_lsn()?;
+                wait_for("the compute streaming to 4", || {
+                    Ok(position(&status(&sks[3], &ttid)?)?.1 >= flush)
+                })?;
+            }
             // 5. The joint configuration on the new set until a majority of it is there.
             wait_for("a majority of the new set at the sync position", || {
                 let mut there = 0;
@@ -376,7 +415,7 @@ fn a_neon_compute_under_pgbench_moves_from_123_to_124() -> anyhow::Result<()> {
             .filter(|l| l.contains("FATAL:  [WP] restarting"))
             .count();
         println!(
-            "membership change {{1,2,3}} -> {{1,2,4}} took {took:?} under pgbench: {n} \
+            "{order:?}: membership change {{1,2,3}} -> {{1,2,4}} took {took:?} under pgbench: {n} \
              transactions in {} runs, 0 failed; longest transaction {longest:?}, longest gap \
              between completions {gap:?}; the walproposer restarted {restarts} times",
             summaries.len()
