@@ -37,6 +37,10 @@ pub enum ClientError {
     /// The client sent something valid at the wrong time.
     #[error("protocol violation: {0}")]
     Unexpected(String),
+    /// The connection broke (reset by the peer, as when a compute's walproposer restarts
+    /// itself): nothing the client sent was wrong.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
     /// A feature we do not have.
     #[error("{0}")]
     NotSupported(String),
@@ -105,7 +109,7 @@ impl From<ConnectionError> for ClientError {
     fn from(e: ConnectionError) -> Self {
         match e {
             ConnectionError::Protocol(p) => ClientError::Protocol(p),
-            ConnectionError::Io(io) => ClientError::Unexpected(format!("connection error: {io}")),
+            ConnectionError::Io(io) => ClientError::ConnectionLost(io.to_string()),
         }
     }
 }
@@ -148,6 +152,7 @@ impl ClientError {
             ClientError::Timeline(TimelineError::ShuttingDown(_)) => SqlState::ADMIN_SHUTDOWN,
             ClientError::Timeline(TimelineError::Acceptor(a)) => acceptor_sqlstate(a),
             ClientError::Protocol(_) | ClientError::Unexpected(_) => SqlState::PROTOCOL_VIOLATION,
+            ClientError::ConnectionLost(_) => SqlState::CONNECTION_EXCEPTION,
             ClientError::NotSupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
             ClientError::UnknownSetting(_) => SqlState::UNDEFINED_OBJECT,
             ClientError::WalUnavailable(_) => SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -199,5 +204,18 @@ fn acceptor_sqlstate(e: &AcceptorError) -> SqlState {
         | AcceptorError::NotAMember(_)
         | AcceptorError::ConfigurationConflict(_) => SqlState::INVALID_PARAMETER_VALUE,
         _ => SqlState::PROTOCOL_VIOLATION,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_connection_is_not_a_protocol_violation() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let e = ClientError::from(ConnectionError::Io(io));
+        assert!(e.to_string().starts_with("connection lost: "), "{e}");
+        assert_eq!(e.sqlstate(), SqlState::CONNECTION_EXCEPTION);
     }
 }
