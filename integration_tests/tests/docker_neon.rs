@@ -5,7 +5,8 @@
 //! the timeline on the three over their HTTP API. `scripts/docker/check --neon` runs pgbench
 //! through it (no failed transaction) and reads TIMELINE_STATUS of its timeline; then every
 //! safekeeper must have flushed and committed the compute's flush LSN, and hold generation 1
-//! with members {1,2,3}.
+//! with members {1,2,3}. Then a clean restart of the compute (its entrypoint resumes at the
+//! quorum's end of WAL): the data is there and a commit goes through the quorum again.
 //!
 //! Owns: this scenario. Must never: leave its project behind (a [`docker_util::Stack`],
 //! removed with `down -v` when it ends) or run beside another docker scenario. It skips,
@@ -32,17 +33,35 @@ use utils::{Lsn, TenantId, TenantTimelineId, TimelineId};
 
 const IMAGE: &str = "safekeeper-neon-compute:local";
 
-/// The Neon compute's flush LSN, read with this machine's psql on its published port.
-fn compute_flush(s: &Stack) -> anyhow::Result<Lsn> {
-    let out = run_bounded(
+/// SQL on the Neon compute, with this machine's psql on its published port.
+fn compute_sql(s: &Stack, sql: &str) -> anyhow::Result<String> {
+    run_bounded(
         Command::new(pg_bin("psql"))
-            .args(["-X", "-At", "-h", "127.0.0.1", "-p"])
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
             .arg(s.neon_compute_port().to_string())
-            .args(["-U", "cloud_admin", "-d", "postgres"])
-            .args(["-c", "SELECT pg_current_wal_flush_lsn()"]),
-        Duration::from_secs(30),
-    )?;
-    Ok(out.parse()?)
+            .args(["-U", "cloud_admin", "-d", "postgres", "-c", sql]),
+        Duration::from_secs(60),
+    )
+}
+
+/// Waits until every safekeeper has flushed and committed the compute's flush LSN on its
+/// timeline.
+fn wait_all_at_flush(s: &Stack, ttid: &TenantTimelineId) -> anyhow::Result<Lsn> {
+    let flush: Lsn = compute_sql(s, "SELECT pg_current_wal_flush_lsn()")?.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st: Vec<_> = (0..3).map(|i| s.status_of(i, Some(ttid))).collect();
+        if st.iter().all(|r| {
+            r.as_ref()
+                .is_ok_and(|st| st.flush_lsn >= flush && st.commit_lsn >= flush)
+        }) {
+            return Ok(flush);
+        }
+        if Instant::now() > deadline {
+            bail!("the safekeepers did not all reach the compute's flush LSN {flush}: {st:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -101,21 +120,7 @@ fn body(s: &Stack, ttid: &TenantTimelineId) -> anyhow::Result<()> {
 
     // Independently of the script: every safekeeper reaches the compute's flush LSN on the
     // compute's timeline.
-    let flush = compute_flush(s)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st: Vec<_> = (0..3).map(|i| s.status_of(i, Some(ttid))).collect();
-        if st.iter().all(|r| {
-            r.as_ref()
-                .is_ok_and(|st| st.flush_lsn >= flush && st.commit_lsn >= flush)
-        }) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the safekeepers did not all reach the compute's flush LSN {flush}: {st:#?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let before = wait_all_at_flush(s, ttid)?;
 
     // The timeline was created with generation 1 and members {1,2,3} by the entrypoint.
     let path = format!("/v1/tenant/{}/timeline/{}", ttid.tenant_id, ttid.timeline_id);
@@ -136,5 +141,25 @@ fn body(s: &Stack, ttid: &TenantTimelineId) -> anyhow::Result<()> {
             i + 1
         );
     }
+
+    // A clean restart (fast shutdown, start): the entrypoint resumes at the quorum's end of
+    // WAL; the data is there and commits go through the quorum again.
+    let rows = compute_sql(s, "SELECT count(*) FROM pgbench_history")?;
+    s.compose(&["restart", "--timeout", "30", "neon-compute"])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = compute_sql(s, "INSERT INTO docker_check VALUES (now())") {
+        ensure!(
+            Instant::now() < deadline,
+            "no commit through the restarted Neon compute: {e:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let after_rows = compute_sql(s, "SELECT count(*) FROM pgbench_history")?;
+    ensure!(
+        after_rows == rows,
+        "pgbench_history had {rows} rows before the restart, {after_rows} after"
+    );
+    let after = wait_all_at_flush(s, ttid)?;
+    ensure!(after > before, "no WAL after the restart: {before} -> {after}");
     Ok(())
 }
