@@ -37,7 +37,15 @@ const IMAGE: &str = "safekeeper-neon-compute:local";
 fn compute_sql(s: &Stack, sql: &str) -> anyhow::Result<String> {
     run_bounded(
         Command::new(pg_bin("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+            ])
             .arg(s.neon_compute_port().to_string())
             .args(["-U", "cloud_admin", "-d", "postgres", "-c", sql]),
         Duration::from_secs(60),
@@ -123,7 +131,10 @@ fn body(s: &Stack, ttid: &TenantTimelineId) -> anyhow::Result<()> {
     let before = wait_all_at_flush(s, ttid)?;
 
     // The timeline was created with generation 1 and members {1,2,3} by the entrypoint.
-    let path = format!("/v1/tenant/{}/timeline/{}", ttid.tenant_id, ttid.timeline_id);
+    let path = format!(
+        "/v1/tenant/{}/timeline/{}",
+        ttid.tenant_id, ttid.timeline_id
+    );
     for i in 0..3 {
         let (code, text) = http_get(&s.http_addr(i), &path)?;
         ensure!(code == 200, "sk{}: HTTP {code}: {text}", i + 1);
@@ -160,6 +171,9 @@ fn body(s: &Stack, ttid: &TenantTimelineId) -> anyhow::Result<()> {
         "pgbench_history had {rows} rows before the restart, {after_rows} after"
     );
     let after = wait_all_at_flush(s, ttid)?;
-    ensure!(after > before, "no WAL after the restart: {before} -> {after}");
+    ensure!(
+        after > before,
+        "no WAL after the restart: {before} -> {after}"
+    );
     Ok(())
 }
