@@ -506,6 +506,7 @@ impl Stack {
     }
 
     /// The Neon compute's port on 127.0.0.1 (the `neon` profile).
+    #[allow(dead_code)] // docker_neon's
     pub fn neon_compute_port(&self) -> u16 {
         self.ports.neon
     }
