@@ -21,7 +21,7 @@ use anyhow::{Context, bail, ensure};
 use integration_tests::pg_bin;
 use integration_tests::pg_tools::describe;
 use integration_tests::real_wal::read_wal_range;
-use utils::Lsn;
+use utils::{Lsn, TenantTimelineId};
 use walproposer::bridge::derived_ids;
 
 /// The compose services of the safekeepers, in `--safekeepers` order.
@@ -201,29 +201,31 @@ pub struct Status {
 }
 
 /// Host ports (compute, four safekeepers' pg and http — the fourth is the spare `sk4` —,
-/// Prometheus) of one project.
+/// Prometheus, the Neon compute of the `neon` profile) of one project.
 #[derive(Debug, Clone, Copy)]
 struct Ports {
     compute: u16,
     pg: [u16; 4],
     http: [u16; 4],
     prometheus: u16,
+    neon: u16,
 }
 
-/// Ten free loopback ports below the kernel's ephemeral range (so ports other tests get
-/// from the kernel cannot take them), in a block chosen by the process id and `salt`.
+/// Eleven free loopback ports below the kernel's ephemeral range (so ports other tests get
+/// from the kernel cannot take them), in a block of 12 chosen by the process id and `salt`.
 fn pick_ports(salt: u32) -> anyhow::Result<Ports> {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
     let start = std::process::id().wrapping_mul(7).wrapping_add(salt * 31);
     for attempt in 0..300 {
-        let base = 29000 + ((start + attempt) % 290) as u16 * 10;
+        let base = 29000 + ((start + attempt) % 290) as u16 * 12;
         let ports = Ports {
             compute: base,
             pg: [base + 1, base + 2, base + 3, base + 8],
             http: [base + 4, base + 5, base + 6, base + 9],
             prometheus: base + 7,
+            neon: base + 10,
         };
-        if [ports.compute, ports.prometheus]
+        if [ports.compute, ports.prometheus, ports.neon]
             .iter()
             .chain(&ports.pg)
             .chain(&ports.http)
@@ -232,7 +234,7 @@ fn pick_ports(salt: u32) -> anyhow::Result<Ports> {
             return Ok(ports);
         }
     }
-    bail!("no block of 10 free ports in 29000..31900")
+    bail!("no block of 11 free ports in 29000..32480")
 }
 
 /// A /24 no Docker network uses yet, in 10.214.0.0/16.
@@ -306,6 +308,7 @@ impl Stack {
                 "SK_PROMETHEUS_PORT".into(),
                 self.ports.prometheus.to_string(),
             ),
+            ("SK_NEON_COMPUTE_PORT".into(), self.ports.neon.to_string()),
         ];
         if !self.profiles.is_empty() {
             env.push(("COMPOSE_PROFILES".into(), self.profiles.join(",")));
@@ -502,13 +505,30 @@ impl Stack {
         format!("127.0.0.1:{}", self.ports.http[i])
     }
 
+    /// The Neon compute's port on 127.0.0.1 (the `neon` profile).
+    #[allow(dead_code)] // docker_neon's
+    pub fn neon_compute_port(&self) -> u16 {
+        self.ports.neon
+    }
+
     /// `TIMELINE_STATUS` of safekeeper `i` (0-based; 3 is the spare `sk4`), read on its
-    /// published port.
+    /// published port: of its only timeline.
     pub fn status(&self, i: usize) -> anyhow::Result<Status> {
-        let conninfo = format!(
+        self.status_of(i, None)
+    }
+
+    /// `TIMELINE_STATUS` of timeline `ttid` (of the only one when `None`) on safekeeper `i`.
+    pub fn status_of(&self, i: usize, ttid: Option<&TenantTimelineId>) -> anyhow::Result<Status> {
+        let mut conninfo = format!(
             "host=127.0.0.1 port={} replication=1 connect_timeout=3",
             self.ports.pg[i]
         );
+        if let Some(t) = ttid {
+            conninfo.push_str(&format!(
+                " options='-c tenant_id={} timeline_id={}'",
+                t.tenant_id, t.timeline_id
+            ));
+        }
         let out = run_bounded(
             Command::new(pg_bin("psql"))
                 .arg(conninfo)
