@@ -132,7 +132,7 @@ impl Params {
                 timelines: 1000,
                 crowds: vec![1000, 10_000],
                 neon_secs: 30,
-                neon_latency_secs: 20,
+                neon_latency_secs: 15,
                 neon_rounds: 2,
                 neon_cold_runs: 15,
                 neon_trace_runs: 5,

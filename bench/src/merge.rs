@@ -28,7 +28,8 @@ pub fn parse(md: &str) -> Results {
     };
     for block in tables.split("\n### ").skip(1) {
         let heading = block.lines().next().unwrap_or("").to_string();
-        r.tables.push((heading, format!("\n### {}\n", block.trim_end())));
+        r.tables
+            .push((heading, format!("\n### {}\n", block.trim_end())));
     }
     r.notes = notes
         .lines()

@@ -100,7 +100,14 @@ fn template(dist: &NeonDist, dir: &Path, scale: u32) -> anyhow::Result<std::path
     t.start()?;
     run(dist
         .client("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &t.port.to_string(), "-U", "cloud_admin"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &t.port.to_string(),
+            "-U",
+            "cloud_admin",
+        ])
         .args(["-i", "-q", "-s", &scale.to_string(), "postgres"]))
     .context("pgbench -i (fork)")?;
     t.sql("CREATE TABLE lat (x int)")?;
@@ -113,7 +120,14 @@ fn template(dist: &NeonDist, dir: &Path, scale: u32) -> anyhow::Result<std::path
 fn pgbench_tps(dist: &NeonDist, pg: &ForkNode, secs: u64) -> anyhow::Result<(f64, f64)> {
     let out = run(dist
         .client("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "cloud_admin"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "cloud_admin",
+        ])
         .args(["-c", "8", "-j", "2", "-T", &secs.to_string(), "postgres"]))?;
     let tps = crate::e2e::parse_tps(&out)?;
     let n = out
@@ -130,13 +144,20 @@ pub fn latency_cmd(dist: &NeonDist, pg: &ForkNode, dir: &Path, secs: u64) -> Com
     let script = dir.join("insert.sql");
     let _ = std::fs::write(&script, "INSERT INTO lat VALUES (1);\n");
     let mut c = dist.client("pgbench");
-    c.args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "cloud_admin"])
-        .args(["-n", "-c", "1", "-j", "1", "-T", &secs.to_string()])
-        .arg("-f")
-        .arg(&script)
-        .arg("--log")
-        .arg(format!("--log-prefix={}", dir.join("lat").display()))
-        .arg("postgres");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port.to_string(),
+        "-U",
+        "cloud_admin",
+    ])
+    .args(["-n", "-c", "1", "-j", "1", "-T", &secs.to_string()])
+    .arg("-f")
+    .arg(&script)
+    .arg("--log")
+    .arg(format!("--log-prefix={}", dir.join("lat").display()))
+    .arg("postgres");
     c
 }
 
@@ -195,7 +216,12 @@ pub struct Setup {
 impl Setup {
     /// Starts `v` from copies of `template` under `dir`, ready: a first commit went
     /// through the synchronous replica.
-    pub fn start(dist: &NeonDist, template: &Path, dir: &Path, v: Variant) -> anyhow::Result<Setup> {
+    pub fn start(
+        dist: &NeonDist,
+        template: &Path,
+        dir: &Path,
+        v: Variant,
+    ) -> anyhow::Result<Setup> {
         let mut conf = primary_conf();
         let mut sks = Vec::new();
         let n_sk = match v {
@@ -296,7 +322,10 @@ impl Setup {
 
     /// CPU seconds so far of the primary's process tree.
     pub fn primary_cpu(&self) -> f64 {
-        self.primary.postmaster_pid().map(tree_cpu_secs).unwrap_or(0.0)
+        self.primary
+            .postmaster_pid()
+            .map(tree_cpu_secs)
+            .unwrap_or(0.0)
     }
 }
 
@@ -434,12 +463,27 @@ pub fn neon(ctx: &mut Ctx) -> anyhow::Result<()> {
         format!("{cmd_tps}; synchronous_standby_names = 'walproposer' (walproposer bridge --primary … --safekeepers sk1,sk2,sk3)"),
     );
     for (name, ours, base, pick) in [
-        ("p50, 1 safekeeper vs 1 standby", &sk1, &s1, p50_of as fn(&[RunResult]) -> Vec<f64>),
+        (
+            "p50, 1 safekeeper vs 1 standby",
+            &sk1,
+            &s1,
+            p50_of as fn(&[RunResult]) -> Vec<f64>,
+        ),
         ("p50, 3 safekeepers vs 3 standbys, ANY 2", &sk3, &q3, p50_of),
         ("p99, 1 safekeeper vs 1 standby", &sk1, &s1, p99_of),
         ("p99, 3 safekeepers vs 3 standbys, ANY 2", &sk3, &q3, p99_of),
-        ("p50, bridge → 3 safekeepers vs 3 standbys, ANY 2", &br, &q3, p50_of),
-        ("p99, bridge → 3 safekeepers vs 3 standbys, ANY 2", &br, &q3, p99_of),
+        (
+            "p50, bridge → 3 safekeepers vs 3 standbys, ANY 2",
+            &br,
+            &q3,
+            p50_of,
+        ),
+        (
+            "p99, bridge → 3 safekeepers vs 3 standbys, ANY 2",
+            &br,
+            &q3,
+            p99_of,
+        ),
     ] {
         let r = median_ratio(&pick(ours), &pick(base));
         let target = if name.contains("bridge") {

@@ -48,6 +48,21 @@ pub fn parse_t(out: &str) -> BTreeMap<String, Vec<f64>> {
     m
 }
 
+/// A child of `parent` whose command line (process title) starts with `title`.
+fn child_titled(parent: u32, title: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat[stat.rfind(')')? + 2..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == parent && cmd.starts_with(title)).then_some(pid)
+    })
+}
+
 fn attach(pid: u32, out: &Path) -> anyhow::Result<Proc> {
     let mut c = Command::new("strace");
     c.args(["-f", "-T", "-e", TRACED, "-p", &pid.to_string(), "-o"])
@@ -84,13 +99,19 @@ fn one(
 ) -> anyhow::Result<String> {
     let d = fresh_dir(&dir.join(format!("profile-{v:?}")))?;
     let setup = Setup::start(dist, template, &d, v)?;
-    let (sender_q, receiver) = match v {
+    let (sender, receiver) = match v {
+        // The walproposer is a background worker that pg_stat_activity does not list.
         Variant::Sk1 => (
-            "SELECT pid FROM pg_stat_activity WHERE backend_type ILIKE '%proposer%'",
+            child_titled(setup.primary.postmaster_pid()?, "postgres: WAL proposer")
+                .context("no WAL proposer process")?,
             setup.sks[0].proc.pid(),
         ),
         Variant::Standby1 => (
-            "SELECT pid FROM pg_stat_replication",
+            setup
+                .primary
+                .sql("SELECT pid FROM pg_stat_replication")?
+                .parse()
+                .context("walsender pid")?,
             setup.standbys[0]
                 .sql("SELECT pid FROM pg_stat_wal_receiver")?
                 .parse()
@@ -98,18 +119,15 @@ fn one(
         ),
         _ => bail!("no profile for {v:?}"),
     };
-    let sender: u32 = setup
-        .primary
-        .sql(sender_q)?
-        .lines()
-        .next()
-        .unwrap_or("")
-        .parse()
-        .with_context(|| format!("no sender pid from {sender_q}"))?;
     let (st, rt) = (d.join("sender.strace"), d.join("receiver.strace"));
     let mut s = attach(sender, &st)?;
     let mut r = attach(receiver, &rt)?;
-    let lat = commit_latencies(dist, &setup.primary, &d, ctx.params.neon_latency_secs.min(10))?;
+    let lat = commit_latencies(
+        dist,
+        &setup.primary,
+        &d,
+        ctx.params.neon_latency_secs.min(10),
+    )?;
     s.stop();
     r.stop();
     let n = lat.len();
@@ -137,7 +155,8 @@ pub fn profile(
 ) -> anyhow::Result<Vec<String>> {
     let mut notes = Vec::new();
     for v in [Variant::Sk1, Variant::Standby1] {
-        let t = one(ctx, dist, template, dir, v).unwrap_or_else(|e| format!("{v:?}: failed: {e:#}"));
+        let t =
+            one(ctx, dist, template, dir, v).unwrap_or_else(|e| format!("{v:?}: failed: {e:#}"));
         eprintln!("  profile {t}");
         notes.push(format!(
             "Neon single-client commit path, profiled (`strace -f -T -e {TRACED}` on both \

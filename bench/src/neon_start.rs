@@ -72,6 +72,14 @@ pub fn measure(dist: &NeonDist, pgdata: &Path, n: usize) -> anyhow::Result<Vec<S
 /// The moments (seconds since the compute's `execve`) a step was reached, per phase.
 #[derive(Clone, Debug, Default)]
 pub struct Milestones {
+    /// `openat` of `neon.so` (the preloaded library; before it: exec, the binary's own
+    /// libraries, locale, configuration).
+    pub neon_so: f64,
+    /// The next library of the installation opened after `neon.so` (`neon.so` and the
+    /// shared libraries it pulls in are loaded and initialised by then).
+    pub neon_so_done: f64,
+    /// Shared libraries opened in between (what `neon.so` links).
+    pub neon_so_deps: usize,
     /// The first `connect` to a safekeeper.
     pub first_connect: f64,
     /// A quorum of connections answered START_WAL_PUSH (CopyBothResponse).
@@ -116,7 +124,7 @@ fn nth(mut v: Vec<f64>, q: usize) -> f64 {
     v.get(q.saturating_sub(1)).copied().unwrap_or(f64::NAN)
 }
 
-/// Parses `strace -f -ttt -xx -s N -e trace=execve,connect,sendto,recvfrom,exit_group`
+/// Parses `strace -f -ttt -xx -s N -e trace=execve,openat,connect,sendto,recvfrom,exit_group`
 /// output of one `--sync-safekeepers` run.
 pub fn parse_strace(out: &str) -> anyhow::Result<Milestones> {
     let mut t0 = None;
@@ -143,6 +151,19 @@ pub fn parse_strace(out: &str) -> anyhow::Result<Milestones> {
         };
         let fd = args.split(',').next().unwrap_or("").to_string();
         match name {
+            "openat" => {
+                let path = String::from_utf8_lossy(&unhex(args.split('"').nth(1).unwrap_or("")))
+                    .into_owned();
+                if path.ends_with("/lib/postgresql/neon.so") {
+                    m.neon_so = t;
+                } else if m.neon_so > 0.0 && m.neon_so_done == 0.0 {
+                    if path.contains("/lib/postgresql/") {
+                        m.neon_so_done = t;
+                    } else if path.contains(".so") && !call.contains("ENOENT") {
+                        m.neon_so_deps += 1;
+                    }
+                }
+            }
             "connect" if call.contains("AF_INET") => {
                 if m.first_connect.is_nan() {
                     m.first_connect = t;
@@ -150,12 +171,22 @@ pub fn parse_strace(out: &str) -> anyhow::Result<Milestones> {
                 conns.insert(fd, Conn::default());
             }
             "sendto" => {
-                if let Some(c) = conns.get_mut(&fd) {
+                // After the startup packet; the answer to an SSLRequest or GSSENCRequest
+                // is one unframed byte, skipped.
+                let buf = unhex(args.split('"').nth(1).unwrap_or(""));
+                let negotiation = buf.get(4..8).is_some_and(|c| {
+                    c == [0x04, 0xd2, 0x16, 0x2f] || c == [0x04, 0xd2, 0x16, 0x30]
+                });
+                if let Some(c) = conns.get_mut(&fd)
+                    && !negotiation
+                {
                     c.started = true;
                 }
             }
             "recvfrom" => {
-                let Some(c) = conns.get_mut(&fd) else { continue };
+                let Some(c) = conns.get_mut(&fd) else {
+                    continue;
+                };
                 if !c.started {
                     continue;
                 }
@@ -209,7 +240,9 @@ pub fn breakdown(
 ) -> anyhow::Result<Breakdown> {
     let d = fresh_dir(&dir.join("cold-trace"))?;
     let mut setup = Setup::start(dist, template, &d, Variant::Sk3)?;
-    setup.primary.sql("INSERT INTO lat SELECT generate_series(1, 100)")?;
+    setup
+        .primary
+        .sql("INSERT INTO lat SELECT generate_series(1, 100)")?;
     setup.primary.stop("fast");
     timed(sync_cmd(dist, &setup.primary.data))?;
     let mut b = Breakdown::default();
@@ -217,7 +250,10 @@ pub fn breakdown(
         let out = d.join(format!("strace-{i}.txt"));
         let mut c = Command::new("strace");
         c.args(["-f", "-ttt", "-xx", "-s", "4096"])
-            .args(["-e", "trace=execve,connect,sendto,recvfrom,exit_group"])
+            .args([
+                "-e",
+                "trace=execve,openat,connect,sendto,recvfrom,exit_group",
+            ])
             .arg("-o")
             .arg(&out);
         if pg_ids().is_some() {
@@ -239,7 +275,10 @@ pub fn rows(ctx: &mut Ctx, section: &'static str, samples: &[Sample], b: &Breakd
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let sync = median(&samples.iter().map(|s| ms(s.sync)).collect::<Vec<_>>());
     let exec = median(&samples.iter().map(|s| ms(s.exec)).collect::<Vec<_>>());
-    let min = samples.iter().map(|s| ms(s.sync)).fold(f64::INFINITY, f64::min);
+    let min = samples
+        .iter()
+        .map(|s| ms(s.sync))
+        .fold(f64::INFINITY, f64::min);
     ctx.report.row(
         section,
         format!(
@@ -248,19 +287,41 @@ pub fn rows(ctx: &mut Ctx, section: &'static str, samples: &[Sample], b: &Breakd
         ),
         format!("{sync:.1} ms"),
         format!("{exec:.1} ms (`postgres --version`: starting the process at all)"),
-        Some(sync / exec),
+        None,
         crate::report::met(sync <= 10.0, "≤ 10 ms"),
         "PGDATA=<stopped compute> postgres --sync-safekeepers (as postgres, spawned directly; alternated with postgres --version)",
     );
-    let ph = |f: fn(&Milestones) -> f64| {
-        median(&b.runs.iter().map(|m| f(m) * 1e3).collect::<Vec<_>>())
-    };
+    let ph =
+        |f: fn(&Milestones) -> f64| median(&b.runs.iter().map(|m| f(m) * 1e3).collect::<Vec<_>>());
     let phases = [
-        ("exec + config + loading neon.so, to the first connect", ph(|m| m.first_connect)),
-        ("connections (TCP, startup, START_WAL_PUSH) to a quorum", ph(|m| m.connected - m.first_connect)),
-        ("greeting exchange (quorum)", ph(|m| m.greeted - m.connected)),
-        ("vote (quorum; each safekeeper persists its term first)", ph(|m| m.voted - m.greeted)),
-        ("ProposerElected and the append exchange, to the last reply", ph(|m| m.last_recv - m.voted)),
+        (
+            "exec, the binary's libraries, locale, postgresql.conf, to opening neon.so",
+            ph(|m| m.neon_so),
+        ),
+        (
+            "loading neon.so and the shared libraries it links (libcurl, krb5, gnutls, …)",
+            ph(|m| m.neon_so_done - m.neon_so),
+        ),
+        (
+            "the rest of start-up, to the first connect",
+            ph(|m| m.first_connect - m.neon_so_done),
+        ),
+        (
+            "connections (TCP, startup, START_WAL_PUSH) to a quorum",
+            ph(|m| m.connected - m.first_connect),
+        ),
+        (
+            "greeting exchange (quorum)",
+            ph(|m| m.greeted - m.connected),
+        ),
+        (
+            "vote (quorum; each safekeeper persists its term first)",
+            ph(|m| m.voted - m.greeted),
+        ),
+        (
+            "ProposerElected and the append exchange, to the last reply",
+            ph(|m| m.last_recv - m.voted),
+        ),
         ("exit", ph(|m| m.exit - m.last_recv)),
     ];
     let total = ph(|m| m.exit);
@@ -269,11 +330,17 @@ pub fn rows(ctx: &mut Ctx, section: &'static str, samples: &[Sample], b: &Breakd
         .map(|(n, v)| format!("{n} {v:.2} ms"))
         .collect::<Vec<_>>()
         .join("; ");
+    let deps = median(
+        &b.runs
+            .iter()
+            .map(|m| m.neon_so_deps as f64)
+            .collect::<Vec<_>>(),
+    );
     ctx.report.notes.push(format!(
         "Neon cold start, where the time goes (`strace -f -ttt` of the compute process, medians \
          of {} traced runs; strace slows every traced syscall, so the traced total is {total:.2} ms \
          against {sync:.1} ms untraced): {text}. A step is done when 2 of the 3 safekeepers \
-         answered it.",
+         answered it. `neon.so` pulled in {deps:.0} shared libraries.",
         b.runs.len()
     ));
 }
@@ -296,20 +363,61 @@ mod tests {
     #[test]
     fn milestones_are_the_quorums() {
         let mut s = String::from("1 100.000000 execve(\"/x/postgres\", [], []) = 0\n");
+        for (t, path) in [
+            (0.002, "/i/lib/postgresql/neon.so"),
+            (0.003, "/lib/libcurl.so.4"),
+            (0.005, "/i/lib/postgresql/neon_rmgr.so"),
+        ] {
+            s += &format!(
+                "1 {:.6} openat(AT_FDCWD, \"{}\", O_RDONLY) = 5\n",
+                100.0 + t,
+                hex(path.as_bytes())
+            );
+        }
         for (fd, base) in [(5, 0.010), (6, 0.011), (7, 0.030)] {
-            s += &format!("1 {:.6} connect({fd}, {{sa_family=AF_INET, sin_port=htons(1)}}, 16) = -1\n", 100.0 + base);
-            s += &format!("1 {:.6} sendto({fd}, \"\\x00\", 1, 0, NULL, 0) = 1\n", 100.0 + base + 0.001);
+            s += &format!(
+                "1 {:.6} connect({fd}, {{sa_family=AF_INET, sin_port=htons(1)}}, 16) = -1\n",
+                100.0 + base
+            );
+            s += &format!(
+                "1 {:.6} sendto({fd}, \"{}\", 8, 0, NULL, 0) = 8\n",
+                100.0 + base,
+                hex(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f])
+            );
+            s += &format!(
+                "1 {:.6} recvfrom({fd}, \"\\x4e\", 4096, 0, NULL, NULL) = 1\n",
+                100.0 + base
+            );
+            s += &format!(
+                "1 {:.6} sendto({fd}, \"\\x00\", 1, 0, NULL, 0) = 1\n",
+                100.0 + base + 0.001
+            );
             let mut first = msg(b'R', &[0, 0, 0, 0]);
             first.extend(msg(b'W', &[0, 0, 0]));
             // The greeting arrives split over two reads.
             let g = msg(b'd', b"greeting");
             first.extend(&g[..3]);
-            s += &format!("1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n", 100.0 + base + 0.002, hex(&first));
-            s += &format!("1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n", 100.0 + base + 0.003, hex(&g[3..]));
-            s += &format!("1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n", 100.0 + base + 0.005, hex(&msg(b'd', b"vote")));
+            s += &format!(
+                "1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n",
+                100.0 + base + 0.002,
+                hex(&first)
+            );
+            s += &format!(
+                "1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n",
+                100.0 + base + 0.003,
+                hex(&g[3..])
+            );
+            s += &format!(
+                "1 {:.6} recvfrom({fd}, \"{}\", 4096, 0, NULL, NULL) = 9\n",
+                100.0 + base + 0.005,
+                hex(&msg(b'd', b"vote"))
+            );
         }
         s += "1 100.050000 exit_group(0) = ?\n";
         let m = parse_strace(&s).unwrap();
+        assert!((m.neon_so - 0.002).abs() < 1e-9);
+        assert!((m.neon_so_done - 0.005).abs() < 1e-9);
+        assert_eq!(m.neon_so_deps, 1);
         assert!((m.first_connect - 0.010).abs() < 1e-9);
         assert!((m.connected - 0.013).abs() < 1e-9);
         assert!((m.greeted - 0.014).abs() < 1e-9);
