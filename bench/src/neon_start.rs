@@ -319,7 +319,7 @@ pub fn rows(ctx: &mut Ctx, section: &'static str, samples: &[Sample], b: &Breakd
             ph(|m| m.voted - m.greeted),
         ),
         (
-            "ProposerElected and the append exchange, to the last reply",
+            "after the vote, to the last reply (ProposerElected and appends only when the timeline needs recovery)",
             ph(|m| m.last_recv - m.voted),
         ),
         ("exit", ph(|m| m.exit - m.last_recv)),
