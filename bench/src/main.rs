@@ -10,6 +10,11 @@ mod baseline;
 mod crowd;
 mod e2e;
 mod ingest;
+mod merge;
+mod neon;
+mod neon_build;
+mod neon_profile;
+mod neon_start;
 mod offload;
 mod plot;
 mod procs;
@@ -43,7 +48,7 @@ struct Cli {
     /// with --quick).
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Sections to run (ingest, latency, serving, e2e, scale, offload, restore); default all.
+    /// Sections to run (ingest, latency, serving, e2e, scale, offload, restore, neon); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Repetitions of each ingest/latency/serving measurement (default 3, 1 with --quick).
@@ -78,6 +83,16 @@ pub struct Params {
     pub timelines: usize,
     /// Proposers streaming at once into one safekeeper, one crowd per entry.
     pub crowds: Vec<usize>,
+    /// Neon section: pgbench TPS duration per run, s.
+    pub neon_secs: u64,
+    /// Neon section: single-client latency run per run, s.
+    pub neon_latency_secs: u64,
+    /// Neon section: rounds over the variants.
+    pub neon_rounds: usize,
+    /// Neon section: `--sync-safekeepers` runs per three-safekeeper run.
+    pub neon_cold_runs: usize,
+    /// Neon section: strace-d `--sync-safekeepers` runs for the breakdown.
+    pub neon_trace_runs: usize,
 }
 
 impl Params {
@@ -96,6 +111,11 @@ impl Params {
                 e2e_rounds: 1,
                 timelines: 100,
                 crowds: vec![1000],
+                neon_secs: 8,
+                neon_latency_secs: 5,
+                neon_rounds: 1,
+                neon_cold_runs: 5,
+                neon_trace_runs: 3,
             }
         } else {
             Params {
@@ -111,6 +131,11 @@ impl Params {
                 e2e_rounds: 3,
                 timelines: 1000,
                 crowds: vec![1000, 10_000],
+                neon_secs: 30,
+                neon_latency_secs: 15,
+                neon_rounds: 2,
+                neon_cold_runs: 15,
+                neon_trace_runs: 5,
             }
         }
     }
@@ -219,7 +244,7 @@ fn main() -> anyhow::Result<()> {
     let work = cli.work_dir.canonicalize()?;
     let sections: Vec<&str> = if cli.only.is_empty() {
         vec![
-            "ingest", "latency", "serving", "e2e", "scale", "offload", "restore",
+            "ingest", "latency", "serving", "e2e", "scale", "offload", "restore", "neon",
         ]
     } else {
         cli.only.iter().map(String::as_str).collect()
@@ -245,6 +270,7 @@ fn main() -> anyhow::Result<()> {
             "scale" => scale::scale(&mut ctx),
             "offload" => offload::offload(&mut ctx),
             "restore" => restore::restore(&mut ctx),
+            "neon" => neon::neon(&mut ctx),
             other => Err(anyhow::anyhow!("unknown section {other}")),
         };
         if let Err(e) = r {
@@ -262,10 +288,32 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&plots)?;
     plot::ingest(&plots.join("ingest_throughput.svg"), &ctx.report.ingest)?;
     plot::latency(&plots.join("commit_latency.svg"), &ctx.report.latency)?;
+    let mut tables = ctx.report.table();
+    let mut notes = ctx.report.notes.clone();
+    let previous = std::fs::read_to_string(out_dir.join("benchmarks.md")).ok();
+    if let (false, Some(old)) = (cli.only.is_empty(), previous) {
+        // Only some sections ran: keep the others' tables and notes from the last report.
+        let mut prefixes: Vec<String> = sections.iter().map(|s| format!("Section `{s}`")).collect();
+        if sections.contains(&"neon") {
+            prefixes.push("Neon".into());
+        }
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let new = merge::Results {
+            tables: merge::parse(&format!("\n## Results\n{tables}")).tables,
+            notes,
+        };
+        let (t, n) = merge::merge(&merge::parse(&old), &new, &prefixes);
+        tables = t;
+        notes = n;
+        timings.push(format!(
+            "the other sections' figures are kept from the previous report, whose run line was: \"{}\"",
+            old.lines().find(|l| l.starts_with("Run: ")).unwrap_or("?").trim_end_matches('.')
+        ));
+    }
     let md = render(
         &cli,
         &params,
-        &ctx.report,
+        (&tables, &notes),
         &machine,
         &load_before,
         &load_after,
@@ -285,7 +333,7 @@ fn main() -> anyhow::Result<()> {
 fn render(
     cli: &Cli,
     p: &Params,
-    r: &Report,
+    (tables, notes): (&str, &[String]),
     machine: &str,
     load_before: &str,
     load_after: &str,
@@ -320,10 +368,10 @@ fn render(
     );
     let _ = writeln!(s, "## Machine\n\n{machine}");
     let _ = writeln!(s, "## Results");
-    s.push_str(&r.table());
-    if !r.notes.is_empty() {
+    s.push_str(tables);
+    if !notes.is_empty() {
         let _ = writeln!(s, "\n### Notes from this run\n");
-        for n in &r.notes {
+        for n in notes {
             let _ = writeln!(s, "* {n}");
         }
     }
