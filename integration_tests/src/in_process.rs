@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use pq_proto::proposer::{Configuration, Generation, SafekeeperId};
 use safekeeper::durability::SyncMode;
 use safekeeper::server::{Config, Server, ServerCtx};
 use safekeeper::storage::{StorageHook, StorageOp};
@@ -163,6 +164,29 @@ impl InProcessSafekeeper {
             t.await??;
         }
         Ok(())
+    }
+}
+
+/// The configuration of generation 1 whose members are `sks`, with ids 1, 2, … in order
+/// (each server's `Config::id` must match).
+pub fn generation_one(sks: &[InProcessSafekeeper]) -> Configuration {
+    let members = sks
+        .iter()
+        .zip(1..)
+        .map(|(sk, id)| SafekeeperId {
+            id: NodeId(id),
+            host: "127.0.0.1".into(),
+            pg_port: sk
+                .pg_addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0),
+        })
+        .collect();
+    Configuration {
+        generation: Generation(1),
+        members,
+        new_members: None,
     }
 }
 

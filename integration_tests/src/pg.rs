@@ -243,6 +243,47 @@ impl PgCluster {
         Ok(stdout.trim_end_matches('\n').to_string())
     }
 
+    /// `psql -X -At -v ON_ERROR_STOP=1 -c sql` started in the background (stdout and
+    /// stderr piped).
+    pub fn spawn_psql(&self, sql: &str) -> anyhow::Result<std::process::Child> {
+        Ok(self
+            .client("psql")
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Runs `sql` ([`PgCluster::spawn_psql`]) and fails if it does not return within
+    /// `limit` (a commit stuck waiting for its synchronous standby; psql is killed then);
+    /// its output, trimmed.
+    pub fn psql_within(&self, sql: &str, limit: std::time::Duration) -> anyhow::Result<String> {
+        let mut child = self.spawn_psql(sql)?;
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{sql:?} did not return within {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Runs `pgbench <args> postgres` against the cluster; returns its stdout.
     pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = self.client("pgbench");

@@ -39,6 +39,46 @@ pub struct RealWal {
 /// Segment size of the test clusters.
 pub const SEG: u32 = 16 * 1024 * 1024;
 
+/// The complete segments `first..=last` of `primary` (timeline 1), read from its pg_wal.
+pub fn read_segments(primary: &PgCluster, first: SegNo, last: SegNo) -> anyhow::Result<BytesMut> {
+    let mut buf = BytesMut::new();
+    for segno in first..=last {
+        let path = primary.wal_dir().join(xlog_file_name(1, segno, SEG));
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        ensure!(bytes.len() == SEG as usize, "{} is short", path.display());
+        buf.extend_from_slice(&bytes);
+    }
+    Ok(buf)
+}
+
+/// `primary`'s WAL of segments `first..=last` from the first record that begins in `first`:
+/// the cluster a proposer announces, that record's LSN (where a timeline can start), and
+/// the bytes from it to the end of `last`.
+pub fn primary_wal_from(
+    primary: &PgCluster,
+    first: SegNo,
+    last: SegNo,
+) -> anyhow::Result<(Cluster, Lsn, Bytes)> {
+    let buf = read_segments(primary, first, last)?;
+    let pg_version: u32 = primary.psql("SHOW server_version_num")?.trim().parse()?;
+    let cluster = Cluster {
+        pg_version,
+        system_id: primary.system_id()?,
+        wal_seg_size: SEG,
+    };
+    let seg_start = Lsn(first * u64::from(SEG));
+    let mut d = WalStreamDecoder::new_at_segment_start(
+        seg_start,
+        DecoderConfig::new(pg_version, SEG, cluster.system_id),
+    );
+    d.feed(&buf[..8192]);
+    let start = d
+        .first_record_lsn()
+        .context("no record on the first page")?;
+    let wal = buf.freeze().slice((start.0 - seg_start.0) as usize..);
+    Ok((cluster, start, wal))
+}
+
 impl RealWal {
     /// Makes at least `segments` complete segments of varied WAL (pgbench tables, wide
     /// rows spanning pages, a logical message spanning a segment boundary) and hands them

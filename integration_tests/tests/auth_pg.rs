@@ -355,8 +355,7 @@ async fn peers_ask_each_other_with_the_auth_token() -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use integration_tests::in_process::InProcessSafekeeper;
-    use pq_proto::proposer::{Configuration, Generation, SafekeeperId};
+    use integration_tests::in_process::{InProcessSafekeeper, generation_one};
     use safekeeper::auth::JwtAuth;
     use utils::NodeId;
 
@@ -378,24 +377,7 @@ async fn peers_ask_each_other_with_the_auth_token() -> anyhow::Result<()> {
                 .await?,
             );
         }
-        let members = sks
-            .iter()
-            .zip(1..)
-            .map(|(sk, id)| SafekeeperId {
-                id: NodeId(id),
-                host: "127.0.0.1".into(),
-                pg_port: sk
-                    .pg_addr
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse().ok())
-                    .unwrap_or(0),
-            })
-            .collect();
-        let mconf = Configuration {
-            generation: Generation(1),
-            members,
-            new_members: None,
-        };
+        let mconf = generation_one(&sks);
         let ttid = new_ttid();
         let mut proposers = Vec::new();
         for sk in &sks {

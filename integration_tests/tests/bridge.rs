@@ -67,46 +67,9 @@ impl Setup {
 
     /// Runs SQL and fails if it does not return within `limit` (a stuck commit).
     fn psql_bounded(&self, sql: &str, limit: Duration) -> anyhow::Result<String> {
-        let mut child = self.spawn_psql(sql)?;
-        let deadline = Instant::now() + limit;
-        loop {
-            if child.try_wait()?.is_some() {
-                let out = child.wait_with_output()?;
-                ensure!(
-                    out.status.success(),
-                    "psql {sql:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!(
-                    "{sql:?} did not return within {limit:?}; bridge log:\n{}",
-                    self.bridge.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn spawn_psql(&self, sql: &str) -> anyhow::Result<Child> {
-        Ok(self
-            .pg
-            .client("psql")
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?)
+        self.pg
+            .psql_within(sql, limit)
+            .with_context(|| format!("bridge log:\n{}", self.bridge.log()))
     }
 
     fn spawn_pgbench(&self, seconds: u64, clients: u32) -> anyhow::Result<Child> {
@@ -260,7 +223,7 @@ fn commits_survive_one_safekeeper_and_wait_for_two() -> anyhow::Result<()> {
     // Two down: a commit waits and is not reported.
     s.sks[1].kill()?;
     s.sks[2].kill()?;
-    let mut insert = s.spawn_psql("INSERT INTO probe VALUES (42)")?;
+    let mut insert = s.pg.spawn_psql("INSERT INTO probe VALUES (42)")?;
     std::thread::sleep(Duration::from_secs(3));
     ensure!(
         insert.try_wait()?.is_none(),

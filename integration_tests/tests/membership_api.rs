@@ -5,6 +5,8 @@
 //! append (generation mismatch) and learns the new configuration from the greeting; a
 //! safekeeper left out of the configuration refuses votes and appends.
 
+use std::path::Path;
+
 use anyhow::{Context, ensure};
 use integration_tests::http::{Answer, Api};
 use integration_tests::sk::Safekeeper;
@@ -62,10 +64,9 @@ const CLUSTER: Cluster = Cluster {
     wal_seg_size: 16 << 20,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn membership_switches_persist_and_fence_old_generations() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), true)?;
+/// Safekeeper 1 under `dir` with a timeline created in generation 1 of {1,2,3}.
+fn created(dir: &Path) -> anyhow::Result<(Safekeeper, Api, TenantTimelineId)> {
+    let sk = Safekeeper::start(1, &dir.join("sk1"), true)?;
     let api = Api::new(sk.http_port);
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
     let a = api.post_json(
@@ -79,6 +80,13 @@ async fn membership_switches_persist_and_fence_old_generations() -> anyhow::Resu
         }),
     )?;
     ensure!(a.status == 201, "{a:?}");
+    Ok((sk, api, ttid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_switches_persist_and_fence_old_generations() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut sk, api, ttid) = created(dir.path())?;
 
     // A proposer of generation 1 greets and wins term 1.
     let mut old = TestProposer::connect(&sk.addr(), ttid, ProtocolVersion::V3, false).await?;
@@ -162,20 +170,7 @@ async fn membership_switches_persist_and_fence_old_generations() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_term_bump_raises_the_term_durably_and_fences_lower_terms() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut sk = Safekeeper::start(1, &dir.path().join("sk1"), true)?;
-    let api = Api::new(sk.http_port);
-    let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
-    let a = api.post_json(
-        "/v1/tenant/timeline",
-        &json!({
-            "tenant_id": ttid.tenant_id.to_string(),
-            "timeline_id": ttid.timeline_id.to_string(),
-            "mconf": conf(1, &[1, 2, 3]),
-            "pg_version": 150000,
-            "start_lsn": "0/149F0D8",
-        }),
-    )?;
-    ensure!(a.status == 201, "{a:?}");
+    let (mut sk, api, ttid) = created(dir.path())?;
     let bump = |body: Value| api.post_json(&format!("{}/term_bump", path(&ttid)), &body);
     let a = bump(json!({"term": 7}))?;
     ensure!(

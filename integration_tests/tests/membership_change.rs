@@ -72,39 +72,9 @@ impl Setup {
 
     /// Runs SQL on the primary; fails if it does not return within `limit`.
     fn commit_within(&self, sql: &str, limit: Duration) -> anyhow::Result<()> {
-        let mut child = self
-            .pg
-            .client("psql")
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let deadline = Instant::now() + limit;
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!(
-                    "{sql:?} did not commit within {limit:?}; bridge log:\n{}",
-                    self.bridge.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "{sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg
+            .psql_within(sql, limit)
+            .with_context(|| format!("bridge log:\n{}", self.bridge.log()))?;
         Ok(())
     }
 

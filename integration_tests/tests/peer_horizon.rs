@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use bytes::{Bytes, BytesMut};
-use integration_tests::in_process::InProcessSafekeeper;
+use integration_tests::in_process::{InProcessSafekeeper, generation_one};
 use integration_tests::real_wal::SEG;
 use integration_tests::test_proposer::{Cluster, TestProposer, history};
-use pq_proto::proposer::{Configuration, Generation, ProtocolVersion, SafekeeperId};
+use pq_proto::proposer::ProtocolVersion;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TimelineId};
 
@@ -65,24 +65,7 @@ async fn members_learn_the_lowest_flush_of_all_of_them() -> anyhow::Result<()> {
             .await?,
         );
     }
-    let members: Vec<SafekeeperId> = sks
-        .iter()
-        .zip(1..)
-        .map(|(sk, id)| SafekeeperId {
-            id: NodeId(id),
-            host: "127.0.0.1".into(),
-            pg_port: sk
-                .pg_addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(0),
-        })
-        .collect();
-    let mconf = Configuration {
-        generation: Generation(1),
-        members,
-        new_members: None,
-    };
+    let mconf = generation_one(&sks);
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
     let all = wal(200_000);
     let half = all.slice(..100_000);

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use bytes::{Bytes, BytesMut};
-use integration_tests::in_process::InProcessSafekeeper;
+use integration_tests::in_process::{InProcessSafekeeper, generation_one};
 use integration_tests::real_wal::{SEG, read_wal_range};
 use integration_tests::sk::{Safekeeper, workspace_bin};
 use integration_tests::test_proposer::{Cluster, TestProposer, history};
-use pq_proto::proposer::{Configuration, Generation, ProtocolVersion, SafekeeperId};
+use pq_proto::proposer::ProtocolVersion;
 use utils::xlog::WalGenerator;
 use utils::{Lsn, NodeId, TenantId, TenantTimelineId, Term, TimelineId};
 
@@ -205,24 +205,7 @@ async fn a_member_recovers_while_its_proposer_sends_nothing_it_lacks() -> anyhow
             .await?,
         );
     }
-    let members: Vec<SafekeeperId> = sks
-        .iter()
-        .zip(1..)
-        .map(|(sk, id)| SafekeeperId {
-            id: NodeId(id),
-            host: "127.0.0.1".into(),
-            pg_port: sk
-                .pg_addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(0),
-        })
-        .collect();
-    let mconf = Configuration {
-        generation: Generation(1),
-        members,
-        new_members: None,
-    };
+    let mconf = generation_one(&sks);
     let ttid = TenantTimelineId::new(TenantId::generate(), TimelineId::generate());
     let all = wal(3 << 20);
     let part = all.slice(..(1 << 20));

@@ -14,14 +14,14 @@ use anyhow::{Context, bail, ensure};
 use bytes::{Bytes, BytesMut};
 use integration_tests::pg::{PgCluster, PgOptions};
 use integration_tests::pg_tools::{pg_bin, pg_waldump, run_unchecked};
-use integration_tests::real_wal::{RealWal, SEG};
+use integration_tests::real_wal::{RealWal, SEG, primary_wal_from, read_segments};
 use integration_tests::sk::Safekeeper;
 use integration_tests::standby::{Standby, output_within};
-use integration_tests::test_proposer::{Cluster, TestProposer};
+use integration_tests::test_proposer::TestProposer;
 use send_wal_util::{
     CLUSTER, GEN_START, GenWal, append_with_commit, heartbeat, new_ttid, wait_for_log,
 };
-use utils::xlog::{DecoderConfig, WalStreamDecoder, xlog_file_name};
+use utils::xlog::xlog_file_name;
 use utils::{Lsn, SegNo, TenantTimelineId, Term};
 
 /// A libpq connection string for a client of the safekeeper naming the timeline (no
@@ -190,18 +190,6 @@ async fn pg_receivewal_writes_segments_identical_to_the_primary() -> anyhow::Res
     Ok(())
 }
 
-/// The primary's complete segments `first..=last`.
-fn read_segments(primary: &PgCluster, first: SegNo, last: SegNo) -> anyhow::Result<BytesMut> {
-    let mut buf = BytesMut::new();
-    for segno in first..=last {
-        let path = primary.wal_dir().join(xlog_file_name(1, segno, SEG));
-        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        ensure!(bytes.len() == SEG as usize, "{} is short", path.display());
-        buf.extend_from_slice(&bytes);
-    }
-    Ok(buf)
-}
-
 /// Switches the primary to a new segment and returns the last complete one.
 fn switch_wal(primary: &PgCluster) -> anyhow::Result<SegNo> {
     primary.psql("SELECT pg_switch_wal()")?;
@@ -241,23 +229,8 @@ async fn a_hot_standby_replicates_from_the_safekeeper_and_its_feedback_reaches_t
 
     // The safekeeper's timeline starts at the first record of the segment holding the
     // backup's start; a proposer pushes the primary's WAL from there and commits it.
-    let buf = read_segments(&primary, first_segno, last_segno)?;
-    let pg_version: u32 = primary.psql("SHOW server_version_num")?.trim().parse()?;
-    let cluster = Cluster {
-        pg_version,
-        system_id: primary.system_id()?,
-        wal_seg_size: SEG,
-    };
+    let (cluster, start, wal) = primary_wal_from(&primary, first_segno, last_segno)?;
     let seg_start = Lsn(first_segno * u64::from(SEG));
-    let mut d = WalStreamDecoder::new_at_segment_start(
-        seg_start,
-        DecoderConfig::new(pg_version, SEG, cluster.system_id),
-    );
-    d.feed(&buf[..8192]);
-    let start = d
-        .first_record_lsn()
-        .context("no record on the first page")?;
-    let wal = buf.freeze().slice((start.0 - seg_start.0) as usize..);
 
     let dir = tempfile::tempdir()?;
     let sk = Safekeeper::start(1, &dir.path().join("sk"), false)?;

@@ -13,17 +13,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bytes::BytesMut;
 use integration_tests::pg::{PgCluster, PgOptions};
 use integration_tests::pg_tools::{pg_bin, run, run_unchecked};
+use integration_tests::real_wal::{SEG, primary_wal_from};
 use integration_tests::sk::{Safekeeper, workspace_bin};
 use integration_tests::standby::{Standby, output_within};
-use integration_tests::test_proposer::{Cluster, TestProposer};
+use integration_tests::test_proposer::TestProposer;
 use integration_tests::tls::{TestCa, TlsFiles};
 use pq_client::{Conninfo, PgError, SslSettings};
 use send_wal_util::{CLUSTER, GEN_START, heartbeat, new_ttid, wait_for_log};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use utils::xlog::{DecoderConfig, WalStreamDecoder, xlog_file_name};
+use utils::xlog::xlog_file_name;
 use utils::{Lsn, TenantTimelineId, Term};
 
 /// The 8-byte SSLRequest.
@@ -331,7 +331,6 @@ async fn wal_pushed_and_received_over_tls_is_identical_to_plain_tcp() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_standby_streams_from_the_safekeeper_over_tls() -> anyhow::Result<()> {
-    const SEG: u32 = 16 << 20;
     let mut primary = PgCluster::init(PgOptions::default())?;
     primary.start()?;
     primary.psql("CREATE TABLE t (id int)")?;
@@ -341,28 +340,7 @@ async fn a_hot_standby_streams_from_the_safekeeper_over_tls() -> anyhow::Result<
     primary.psql("INSERT INTO t VALUES (7)")?;
     primary.psql("SELECT pg_switch_wal()")?;
     let last = primary.current_wal_insert_lsn()?.segment_number(SEG) - 1;
-    let mut buf = BytesMut::new();
-    for segno in first..=last {
-        buf.extend_from_slice(&std::fs::read(
-            primary.wal_dir().join(xlog_file_name(1, segno, SEG)),
-        )?);
-    }
-    let pg_version: u32 = primary.psql("SHOW server_version_num")?.trim().parse()?;
-    let cluster = Cluster {
-        pg_version,
-        system_id: primary.system_id()?,
-        wal_seg_size: SEG,
-    };
-    let seg_start = Lsn(first * u64::from(SEG));
-    let mut d = WalStreamDecoder::new_at_segment_start(
-        seg_start,
-        DecoderConfig::new(pg_version, SEG, cluster.system_id),
-    );
-    d.feed(&buf[..8192]);
-    let start = d
-        .first_record_lsn()
-        .context("no record on the first page")?;
-    let wal = buf.freeze().slice((start.0 - seg_start.0) as usize..);
+    let (cluster, start, wal) = primary_wal_from(&primary, first, last)?;
 
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new("safekeeper test CA")?;
