@@ -14,6 +14,7 @@ mod merge;
 mod neon;
 mod neon_build;
 mod neon_profile;
+mod neon_report;
 mod neon_start;
 mod offload;
 mod plot;
